@@ -1,0 +1,1 @@
+"""Grain sources, transforms and loaders."""

@@ -1,0 +1,1 @@
+"""Networks: the DiT, the SD-VAE and the FID Inception network."""
