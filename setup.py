@@ -42,7 +42,7 @@ setup(
     name="rpe_jax",
     version="0.1.0",
     description="RPE-2D: randomized 2D positional encodings for resolution generalization of DiTs",
-    packages=find_packages(include=["rpe_jax", "rpe_jax.*"]),
+    packages=find_packages(include=["rpe_jax", "rpe_jax.*", "configs"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

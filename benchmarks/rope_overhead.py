@@ -53,7 +53,7 @@ def main() -> None:
         model = dit.create_model(args.variant, pos_encoding=pe, rngs=nnx.Rngs(0))
         steps[name] = make_step(model, draw, args.grid, 2 * args.grid)
     times = {name: [] for name in steps}
-    for name, (fn, params) in steps.items():  # compile + warm up
+    for fn, params in steps.values():  # compile + warm up
         jax.block_until_ready(fn(params, x, jax.random.key(1)))
     for i in range(args.repeats):
         for name, (fn, params) in steps.items():

@@ -197,9 +197,7 @@ class StatsAccumulator:
         """
         array = _checked_features(batch, "batch", min_rows=1).astype(np.float64)
         if self._mean is not None and array.shape[1] != self._mean.shape[0]:
-            raise ValueError(
-                f"batch has F={array.shape[1]} but earlier batches had F={self._mean.shape[0]}."
-            )
+            raise ValueError(f"batch has F={array.shape[1]} but earlier batches had F={self._mean.shape[0]}.")
         batch_mean = array.mean(axis=0)
         centred = array - batch_mean
         batch_m2 = centred.T @ centred
@@ -218,9 +216,7 @@ class StatsAccumulator:
         """
         if self._count < 2:
             raise ValueError(f"need at least 2 samples for a covariance, got {self._count}.")
-        return FeatureStats(
-            mean=self._mean.copy(), cov=self._m2 / (self._count - 1), count=self._count
-        )
+        return FeatureStats(mean=self._mean.copy(), cov=self._m2 / (self._count - 1), count=self._count)
 
 
 def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats, eps: float = 1e-6) -> float:
@@ -357,9 +353,7 @@ def _knn_sq_radii(points: jax.Array, k: int, batch_size: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
-def _inside_balls(
-    queries: jax.Array, centres: jax.Array, sq_radii: jax.Array, batch_size: int
-) -> jax.Array:
+def _inside_balls(queries: jax.Array, centres: jax.Array, sq_radii: jax.Array, batch_size: int) -> jax.Array:
     """Whether each of queries [Q, F] is within some ball (centres [N, F], radii^2 [N]) -> [Q]."""
     sq_norms = jnp.sum(centres * centres, axis=1)
 
@@ -407,6 +401,4 @@ def precision_recall(
     fake_sq_radii = _knn_sq_radii(fake, k, batch_size)
     fakes_inside = int(jnp.sum(_inside_balls(fake, real, real_sq_radii, batch_size)))
     reals_inside = int(jnp.sum(_inside_balls(real, fake, fake_sq_radii, batch_size)))
-    return PrecisionRecall(
-        precision=fakes_inside / fake.shape[0], recall=reals_inside / real.shape[0]
-    )
+    return PrecisionRecall(precision=fakes_inside / fake.shape[0], recall=reals_inside / real.shape[0])

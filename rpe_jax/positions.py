@@ -84,9 +84,7 @@ def _window_of_sorted_subset(
     return out.at[slot].set(jnp.arange(length, dtype=jnp.int32), mode="drop")
 
 
-def _draw_axis(
-    key: jax.Array, size: int, counts: jax.Array, starts: jax.Array, length: int
-) -> jax.Array:
+def _draw_axis(key: jax.Array, size: int, counts: jax.Array, starts: jax.Array, length: int) -> jax.Array:
     """Per-sample windows of sorted random subsets: counts, starts [B] -> [B, size]."""
     keys = jax.random.split(key, counts.shape[0])
     draw = jax.vmap(_window_of_sorted_subset, in_axes=(0, None, 0, 0, None))
@@ -221,9 +219,7 @@ def inference_positions(
       ValueError: unknown rule, or a grid side above L without `allow_fractional`.
     """
     if rule not in INFERENCE_RULES:
-        raise ValueError(
-            f"Unknown position rule {rule!r}; choose one of {sorted(INFERENCE_RULES)}."
-        )
+        raise ValueError(f"Unknown position rule {rule!r}; choose one of {sorted(INFERENCE_RULES)}.")
     grid = _check_grid("grid", grid)
     max_positions = _check_grid("max_positions", max_positions)
     overflow = grid[0] > max_positions[0] or grid[1] > max_positions[1]
@@ -245,3 +241,18 @@ def grid_positions(grid: Grid) -> jax.Array:
     """
     n_h, n_w = _check_grid("grid", grid)
     return _combine_axes(jnp.arange(n_h, dtype=jnp.int32), jnp.arange(n_w, dtype=jnp.int32))
+
+
+def _rpe2d_rule(key, batch_size, grid, max_positions, per_sample, crop):
+    if crop is None:
+        return train_positions(key, batch_size, grid, max_positions, per_sample)
+    return crop_positions(key, grid, crop[:, :2], crop[:, 2:], max_positions)
+
+
+def _grid_rule(key, batch_size, grid, max_positions, per_sample, crop):
+    del key, batch_size, max_positions, per_sample, crop
+    return grid_positions(grid)[None]
+
+
+# Training rules: (key, B, grid, max_positions, per_sample, crop [B, 4] | None) -> [B or 1, N, 2].
+TRAIN_RULES: dict[str, Callable] = {"rpe2d": _rpe2d_rule, "grid": _grid_rule}

@@ -59,9 +59,7 @@ class RopeOptions:
 
 def _axis_dim(head_dim: int) -> int:
     if head_dim % 4:
-        raise ValueError(
-            f"2D RoPE needs a head dim divisible by 4 (two axes x pairs), got {head_dim}."
-        )
+        raise ValueError(f"2D RoPE needs a head dim divisible by 4 (two axes x pairs), got {head_dim}.")
     return head_dim // 2
 
 
@@ -144,9 +142,7 @@ def _correction_dim(rotations: float, d: int, n0: int, theta: float) -> float:
     return d * math.log(n0 / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
 
-def extrapolation_weights(
-    d: int, n0: int, high_rot: float, low_rot: float, theta: float
-) -> np.ndarray:
+def extrapolation_weights(d: int, n0: int, high_rot: float, low_rot: float, theta: float) -> np.ndarray:
     """YaRN / NTK-by-parts blend weights over the d/2 frequencies: 1 keeps a frequency
     as trained (extrapolates), 0 takes the interpolated one; a linear ramp between
     `floor(corr(high_rot))` (clamped at 0) and `ceil(corr(low_rot))` (clamped at d-1)."""
@@ -243,9 +239,7 @@ def lumina_next_rule(
     s = math.sqrt(test_grid[0] * test_grid[1] / (train_grid[0] * train_grid[1]))
     pi = _interpolation(d, s, 0, options.theta)
     ntk = (options.theta * s) ** -_exponents(d)
-    freqs = jnp.where(
-        jnp.asarray(t) < options.watershed, pi.astype(np.float32), ntk.astype(np.float32)
-    )
+    freqs = jnp.where(jnp.asarray(t) < options.watershed, pi.astype(np.float32), ntk.astype(np.float32))
     return Rope(jnp.stack([freqs, freqs]), jnp.asarray(1.0, jnp.float32))
 
 
@@ -289,9 +283,7 @@ ATTENTION_SCALE_RULES: dict[str, Callable[[int, int], float]] = {
     # Entropy-invariant scaling: log_{N_train} N_test.
     "entropy": _log_ratio,
     # YaRN's mscale^2 with the per-side scale s = max(1, sqrt(N_test / N_train)).
-    "yarn": lambda n_train, n_test: (
-        (0.1 * math.log(max(1.0, math.sqrt(n_test / n_train))) + 1) ** 2
-    ),
+    "yarn": lambda n_train, n_test: (0.1 * math.log(max(1.0, math.sqrt(n_test / n_train))) + 1) ** 2,
 }
 
 

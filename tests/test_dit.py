@@ -34,9 +34,7 @@ def _randomized(model, seed=0, scale=0.05, keep=lambda path: False):
 
 
 # Published sizes (DiT paper, Table 1): S/2 33M, B/2 130M, L/2 458M, XL/2 675M parameters.
-@pytest.mark.parametrize(
-    "name, published", [("S/2", 33e6), ("B/2", 130e6), ("L/2", 458e6), ("XL/2", 675e6)]
-)
+@pytest.mark.parametrize("name, published", [("S/2", 33e6), ("B/2", 130e6), ("L/2", 458e6), ("XL/2", 675e6)])
 def test_parameter_counts_match_the_paper(name, published):
     counts = {
         pe: _param_count(
@@ -92,9 +90,7 @@ def test_rope_model_is_translation_invariant_and_sincos_is_not():
     np.testing.assert_allclose(rope_model(x, t, y, shifted), rope_model(x, t, y, pos), atol=1e-4)
     permuted = rope_model(x, t, y, pos[:, ::-1])
     assert float(jnp.abs(permuted - rope_model(x, t, y, pos)).max()) > 1e-3, "positions must matter"
-    sincos_model = _randomized(
-        dit.create_model("S/2", pos_encoding="sincos", rngs=nnx.Rngs(0), **TINY)
-    )
+    sincos_model = _randomized(dit.create_model("S/2", pos_encoding="sincos", rngs=nnx.Rngs(0), **TINY))
     assert float(jnp.abs(sincos_model(x, t, y, shifted) - sincos_model(x, t, y, pos)).max()) > 1e-3
 
 
@@ -199,9 +195,7 @@ def _torch_dit(params, cfg, x, t, y, pos, micro, freqs, logit_scale):
     c = c + _torch_mlp_embed(params["micro_embed"], _t(micro))
     pos, freqs = _t(pos), _t(freqs)
     for blk in params["blocks"].values():
-        mod = F.linear(F.silu(c), _t(blk["adaln"]["kernel"]).T, _t(blk["adaln"]["bias"])).chunk(
-            6, dim=-1
-        )
+        mod = F.linear(F.silu(c), _t(blk["adaln"]["kernel"]).T, _t(blk["adaln"]["bias"])).chunk(6, dim=-1)
         hmod = F.layer_norm(tok, (d,), eps=1e-6) * (1 + mod[1][:, None]) + mod[0][:, None]
         qkv = F.linear(hmod, _t(blk["attn"]["qkv"]["kernel"]).T, _t(blk["attn"]["qkv"]["bias"]))
         q, kk, v = qkv.reshape(b, -1, 3, h, k).permute(2, 0, 3, 1, 4)
@@ -220,9 +214,9 @@ def _torch_dit(params, cfg, x, t, y, pos, micro, freqs, logit_scale):
             mlp, _t(blk["mlp"]["fc2"]["kernel"]).T, _t(blk["mlp"]["fc2"]["bias"])
         )
     fin = params["final"]
-    shift, scale = F.linear(
-        F.silu(c), _t(fin["adaln"]["kernel"]).T, _t(fin["adaln"]["bias"])
-    ).chunk(2, dim=-1)
+    shift, scale = F.linear(F.silu(c), _t(fin["adaln"]["kernel"]).T, _t(fin["adaln"]["bias"])).chunk(
+        2, dim=-1
+    )
     out = F.linear(
         F.layer_norm(tok, (d,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None],
         _t(fin["linear"]["kernel"]).T,
@@ -234,9 +228,7 @@ def _torch_dit(params, cfg, x, t, y, pos, micro, freqs, logit_scale):
 
 @pytest.mark.parametrize("rule", ["extrapolation", "vision_yarn"])
 def test_matches_pytorch_reference(rule):
-    m = _randomized(
-        dit.create_model("S/2", micro_conditioning=True, rngs=nnx.Rngs(3), **TINY), scale=0.1
-    )
+    m = _randomized(dit.create_model("S/2", micro_conditioning=True, rngs=nnx.Rngs(3), **TINY), scale=0.1)
     grid = (4, 6)
     x, t, y = _inputs(grid, batch=3, seed=4)
     pos = positions.train_positions(jax.random.key(5), 3, grid, (8, 12))

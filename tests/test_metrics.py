@@ -46,9 +46,7 @@ def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
     var_a, var_b = rng.uniform(0.1, 3.0, size=32), rng.uniform(0.1, 3.0, size=32)
     stats_a = metrics.FeatureStats(mean_a, np.diag(var_a), count=0)
     stats_b = metrics.FeatureStats(mean_b, np.diag(var_b), count=0)
-    closed_form = np.sum((mean_a - mean_b) ** 2) + np.sum(
-        var_a + var_b - 2 * np.sqrt(var_a * var_b)
-    )
+    closed_form = np.sum((mean_a - mean_b) ** 2) + np.sum(var_a + var_b - 2 * np.sqrt(var_a * var_b))
     assert metrics.frechet_distance(stats_a, stats_b) == pytest.approx(closed_form, rel=1e-10)
     assert metrics.frechet_distance(stats_a, stats_a) == pytest.approx(0.0, abs=1e-10)
 

@@ -33,9 +33,7 @@ def test_train_positions_sorted_in_range_and_per_sample():
 
 
 def test_train_positions_shared_draw():
-    pos = np.asarray(
-        positions.train_positions(jax.random.key(1), 8, (4, 4), (8, 8), per_sample=False)
-    )
+    pos = np.asarray(positions.train_positions(jax.random.key(1), 8, (4, 4), (8, 8), per_sample=False))
     assert (pos == pos[:1]).all()
 
 
@@ -84,9 +82,7 @@ def test_spread_known_values():
     np.testing.assert_array_equal(spread(32, 32), np.arange(32))
     # (k+1)(L+1)/(n+1) - 1 worked by hand, rounded half up.
     np.testing.assert_array_equal(spread(8, 32), [3, 6, 10, 14, 17, 21, 25, 28])
-    np.testing.assert_array_equal(
-        spread(16, 32), [1, 3, 5, 7, 9, 11, 13, 15, 16, 18, 20, 22, 24, 26, 28, 30]
-    )
+    np.testing.assert_array_equal(spread(16, 32), [1, 3, 5, 7, 9, 11, 13, 15, 16, 18, 20, 22, 24, 26, 28, 30])
 
 
 def test_spread_is_the_mean_of_the_training_draw():
@@ -150,7 +146,5 @@ def test_crop_is_a_window_of_the_resized_draw():
 def test_train_positions_is_the_uncropped_crop():
     key = jax.random.key(8)
     a = positions.train_positions(key, 3, (4, 5), (9, 7))
-    b = positions.crop_positions(
-        key, (4, 5), jnp.tile(jnp.array([4, 5]), (3, 1)), jnp.zeros((3, 2)), (9, 7)
-    )
+    b = positions.crop_positions(key, (4, 5), jnp.tile(jnp.array([4, 5]), (3, 1)), jnp.zeros((3, 2)), (9, 7))
     np.testing.assert_array_equal(a, b)

@@ -61,15 +61,9 @@ def test_edges_are_exact_pixel_coverage(height, width):
     """
     cx, cy, half = 0.513, 0.47, 0.3
     black = procedural.Background((0.0, 0.0, 0.0), (0.0, 0.0), ((1.0, 0.0),), (0.0,), ((0,) * 3,))
-    square = procedural.Shape(
-        "square", (cx, cy), half * np.sqrt(2.0), 0.0, (), (1.0, 1.0, 1.0), (0.0, 0.0)
-    )
-    image = procedural.render_scene(
-        procedural.SceneParams(0, "square", black, (square,)), height, width
-    )
-    np.testing.assert_allclose(
-        image[:, width // 2, 0], _overlap(height, cy - half, cy + half), atol=1e-5
-    )
+    square = procedural.Shape("square", (cx, cy), half * np.sqrt(2.0), 0.0, (), (1.0, 1.0, 1.0), (0.0, 0.0))
+    image = procedural.render_scene(procedural.SceneParams(0, "square", black, (square,)), height, width)
+    np.testing.assert_allclose(image[:, width // 2, 0], _overlap(height, cy - half, cy + half), atol=1e-5)
     if height == width:
         row = _overlap(width, cx - half, cx + half)
         np.testing.assert_allclose(image[height // 2, :, 0], row, atol=1e-5)

@@ -110,12 +110,8 @@ def test_rule_logit_factors():
     )
     # NTK-pro keeps FiTv2's factor 2: m > 1 at the training size.
     same = (16, 16)
-    assert float(_rule("ntk_pro1", test=same).logit_scale) == pytest.approx(
-        math.log(32) / math.log(16)
-    )
-    assert float(_rule("ntk_pro2", test=same).logit_scale) == pytest.approx(
-        math.log(512) / math.log(256)
-    )
+    assert float(_rule("ntk_pro1", test=same).logit_scale) == pytest.approx(math.log(32) / math.log(16))
+    assert float(_rule("ntk_pro2", test=same).logit_scale) == pytest.approx(math.log(512) / math.log(256))
     assert float(_rule("ntk_pro1", test=(4, 4)).logit_scale) == 1.0
     for name in ("extrapolation", "pi", "ntk", "vision_ntk", "lumina_next"):
         assert float(_rule(name).logit_scale) == 1.0
@@ -150,9 +146,7 @@ def test_lumina_next_switches_at_the_watershed():
     with pytest.raises(ValueError, match="pass t"):
         rope.make_rope(HEAD_DIM, (16, 16), (32, 32), "lumina_next")
     opts = rope.RopeOptions(watershed=0.5)
-    mid = rope.make_rope(
-        HEAD_DIM, (16, 16), (16, 64), "lumina_next", t=jnp.float32(0.4), options=opts
-    )
+    mid = rope.make_rope(HEAD_DIM, (16, 16), (16, 64), "lumina_next", t=jnp.float32(0.4), options=opts)
     np.testing.assert_allclose(np.asarray(mid.freqs[0]), f / 2, rtol=1e-6)
 
 
@@ -178,14 +172,10 @@ def test_sincos_embedding_layout():
     zero = np.concatenate([np.zeros(4), np.ones(4)])
     np.testing.assert_allclose(emb[0], np.concatenate([zero, zero]), atol=1e-6)
     # First half encodes the column, second half the row, each [sin, cos].
-    np.testing.assert_allclose(
-        emb[1, :8], np.concatenate([np.sin(omega), np.cos(omega)]), atol=1e-6
-    )
+    np.testing.assert_allclose(emb[1, :8], np.concatenate([np.sin(omega), np.cos(omega)]), atol=1e-6)
     np.testing.assert_allclose(emb[1, 8:], zero, atol=1e-6)
     np.testing.assert_allclose(emb[2, :8], zero, atol=1e-6)
-    np.testing.assert_allclose(
-        emb[2, 8:], np.concatenate([np.sin(2 * omega), np.cos(2 * omega)]), atol=1e-6
-    )
+    np.testing.assert_allclose(emb[2, 8:], np.concatenate([np.sin(2 * omega), np.cos(2 * omega)]), atol=1e-6)
 
 
 def test_rope_runs_on_non_square_and_float_grids():
@@ -194,6 +184,4 @@ def test_rope_runs_on_non_square_and_float_grids():
     out = rope.apply_rope(x, *rope.rotary_tables(pos, _rule("vision_ntk", test=(48, 16)).freqs))
     assert out.shape == x.shape and bool(jnp.isfinite(out).all())
     # Rotations preserve norms.
-    np.testing.assert_allclose(
-        jnp.linalg.norm(out, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5
-    )
+    np.testing.assert_allclose(jnp.linalg.norm(out, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)

@@ -234,9 +234,7 @@ def _latent_outputs(model, images, key):
 
 def test_latent_scaling(vae, reference):
     images = _nhwc(reference["images"])
-    mean, logvar, latents, sample, decoded, expected = _latent_outputs(
-        vae, images, jax.random.key(0)
-    )
+    mean, logvar, latents, sample, decoded, expected = _latent_outputs(vae, images, jax.random.key(0))
     np.testing.assert_allclose(latents, mean * 0.18215, rtol=1e-6)
     np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-5)
     noise = (sample / 0.18215 - mean) / jnp.exp(0.5 * logvar)  # [B, h, w, L] ~ N(0, 1)

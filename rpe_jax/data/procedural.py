@@ -227,9 +227,7 @@ def _render_background(background: Background, x: np.ndarray, y: np.ndarray) -> 
     return image + waves @ np.asarray(background.amplitudes, np.float32)
 
 
-def _paint_shape(
-    image: np.ndarray, shape: Shape, x: np.ndarray, y: np.ndarray, pixel: float
-) -> np.ndarray:
+def _paint_shape(image: np.ndarray, shape: Shape, x: np.ndarray, y: np.ndarray, pixel: float) -> np.ndarray:
     """Composites `shape` over image [H, W, 3]; x: [1, W], y: [H, 1] -> [H, W, 3]."""
     dx, dy = x - shape.center[0], y - shape.center[1]
     cos, sin = math.cos(shape.angle), math.sin(shape.angle)
@@ -358,12 +356,8 @@ _CLASSES: dict[str, Callable[[np.random.Generator, Shade], tuple[Shape, ...]]] =
     "disc": functools.partial(_one_shape, sdf="disc", radius=(0.2, 0.32)),
     "square": functools.partial(_one_shape, sdf="square", radius=(0.28, 0.42)),
     "triangle": functools.partial(_one_shape, sdf="star", radius=(0.3, 0.42), params=(3.0, 2.0)),
-    "ring": functools.partial(
-        _one_shape, sdf="ring", radius=(0.24, 0.36), random_params=((0.3, 0.45),)
-    ),
-    "cross": functools.partial(
-        _one_shape, sdf="cross", radius=(0.26, 0.38), random_params=((0.28, 0.38),)
-    ),
+    "ring": functools.partial(_one_shape, sdf="ring", radius=(0.24, 0.36), random_params=((0.3, 0.45),)),
+    "cross": functools.partial(_one_shape, sdf="cross", radius=(0.26, 0.38), random_params=((0.28, 0.38),)),
     "star": functools.partial(_one_shape, sdf="star", radius=(0.3, 0.42), params=(5.0, 3.0)),
     "striped_disc": _draw_striped_disc,
     "crescent": functools.partial(

@@ -79,17 +79,11 @@ class DiTConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
         if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"Unknown pos_encoding {self.pos_encoding!r}; choose one of {POS_ENCODINGS}."
-            )
+            raise ValueError(f"Unknown pos_encoding {self.pos_encoding!r}; choose one of {POS_ENCODINGS}.")
         if self.pos_encoding == "rope" and self.head_dim % 4:
-            raise ValueError(
-                f"2D RoPE needs a head dim divisible by 4; width/heads = {self.head_dim}."
-            )
+            raise ValueError(f"2D RoPE needs a head dim divisible by 4; width/heads = {self.head_dim}.")
         if self.pos_encoding == "sincos" and self.width % 4:
-            raise ValueError(
-                f"The 2D sin-cos embedding needs a width divisible by 4, got {self.width}."
-            )
+            raise ValueError(f"The 2D sin-cos embedding needs a width divisible by 4, got {self.width}.")
 
     @property
     def head_dim(self) -> int:
@@ -130,9 +124,7 @@ def _zero_dense(d_in: int, d_out: int, names, config: DiTConfig, rngs: nnx.Rngs)
     return _dense(d_in, d_out, names, config, rngs, nnx.initializers.zeros_init())
 
 
-def timestep_sinusoid(
-    t: jax.Array, dim: int = FREQUENCY_EMBED_DIM, max_period: float = 10000.0
-) -> jax.Array:
+def timestep_sinusoid(t: jax.Array, dim: int = FREQUENCY_EMBED_DIM, max_period: float = 10000.0) -> jax.Array:
     """DiT's sinusoidal embedding `[cos(t w), sin(t w)]`, `w_k = max_period^(-k/(dim/2))`.
 
     Args:
@@ -182,9 +174,7 @@ class Attention(nnx.Module):
             self.q_norm = nnx.RMSNorm(config.head_dim, epsilon=1e-6, dtype=config.dtype, rngs=rngs)
             self.k_norm = nnx.RMSNorm(config.head_dim, epsilon=1e-6, dtype=config.dtype, rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, rotary: tuple[jax.Array, jax.Array] | None, logit_scale
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, rotary: tuple[jax.Array, jax.Array] | None, logit_scale) -> jax.Array:
         """x: [B, N, D]; rotary: (cos, sin) [B, N, 2, K/4] or None; logit_scale: [] -> [B, N, D]."""
         b, n, _ = x.shape
         cfg = self.config
@@ -227,12 +217,8 @@ class DiTBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, c: jax.Array, rotary, logit_scale) -> jax.Array:
         """x: [B, N, D]; c: [B, D] conditioning -> [B, N, D]."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
-            self.adaln(nnx.silu(c)), 6, axis=-1
-        )
-        x = x + gate1[:, None] * self.attn(
-            modulate(self.norm1(x), shift1, scale1), rotary, logit_scale
-        )
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.adaln(nnx.silu(c)), 6, axis=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), rotary, logit_scale)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -297,9 +283,7 @@ class DiT(nnx.Module):
         if h % p or w % p:
             raise ValueError(f"Input {h}x{w} is not divisible by the patch size {p}.")
         if c != self.config.in_channels:
-            raise ValueError(
-                f"Input has {c} channels; the model was built for {self.config.in_channels}."
-            )
+            raise ValueError(f"Input has {c} channels; the model was built for {self.config.in_channels}.")
         return h // p, w // p
 
     def __call__(

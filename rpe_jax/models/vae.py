@@ -107,9 +107,7 @@ class VAEConfig:
             k for k in config if not k.startswith("_") and k not in fields | checked | runtime_hints
         )
         if unknown:
-            raise ValueError(
-                f"Unknown AutoencoderKL config keys {unknown}; known: {sorted(fields)}."
-            )
+            raise ValueError(f"Unknown AutoencoderKL config keys {unknown}; known: {sorted(fields)}.")
         # diffusers' own defaults for these two are (64,) and 1, not the SD VAE's.
         lacking = [k for k in ("block_out_channels", "layers_per_block") if k not in config]
         if lacking:
@@ -189,15 +187,11 @@ class Attention(nnx.Module):
 class MidBlock(nnx.Module):
     """ResNet, optional attention, ResNet at the lowest resolution; diffusers UNetMidBlock2D."""
 
-    def __init__(
-        self, channels: int, groups: int, add_attention: bool, *, dtype: Any, rngs: nnx.Rngs
-    ):
+    def __init__(self, channels: int, groups: int, add_attention: bool, *, dtype: Any, rngs: nnx.Rngs):
         self.resnets = nnx.List(
             [ResnetBlock(channels, channels, groups, dtype=dtype, rngs=rngs) for _ in range(2)]
         )
-        self.attention = (
-            Attention(channels, groups, dtype=dtype, rngs=rngs) if add_attention else None
-        )
+        self.attention = Attention(channels, groups, dtype=dtype, rngs=rngs) if add_attention else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, C] -> [B, H, W, C]."""
@@ -210,10 +204,7 @@ class MidBlock(nnx.Module):
 def _resnets(cin: int, cout: int, depth: int, groups: int, *, dtype: Any, rngs: nnx.Rngs):
     """`depth` ResNet blocks, the first cin -> cout, the others cout -> cout."""
     return nnx.List(
-        [
-            ResnetBlock(cout if i else cin, cout, groups, dtype=dtype, rngs=rngs)
-            for i in range(depth)
-        ]
+        [ResnetBlock(cout if i else cin, cout, groups, dtype=dtype, rngs=rngs) for i in range(depth)]
     )
 
 
@@ -246,9 +237,7 @@ class UpBlock(nnx.Module):
         widths, depth = config.block_out_channels[::-1], config.layers_per_block + 1
         cin, cout = widths[max(level - 1, 0)], widths[level]
         self.resnets = _resnets(cin, cout, depth, config.norm_num_groups, dtype=dtype, rngs=rngs)
-        self.upsample = (
-            _conv(cout, cout, 3, dtype=dtype, rngs=rngs) if level < len(widths) - 1 else None
-        )
+        self.upsample = _conv(cout, cout, 3, dtype=dtype, rngs=rngs) if level < len(widths) - 1 else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, H, W, cin] -> [B, 2H, 2W, cout] (last level: H, W)."""
@@ -268,9 +257,7 @@ class Encoder(nnx.Module):
         self.down_blocks = nnx.List(
             [DownBlock(config, i, dtype=dtype, rngs=rngs) for i in range(len(widths))]
         )
-        self.mid_block = MidBlock(
-            widths[-1], groups, config.mid_block_add_attention, dtype=dtype, rngs=rngs
-        )
+        self.mid_block = MidBlock(widths[-1], groups, config.mid_block_add_attention, dtype=dtype, rngs=rngs)
         self.conv_norm_out = _group_norm(widths[-1], groups, dtype=dtype, rngs=rngs)
         self.conv_out = _conv(widths[-1], 2 * config.latent_channels, 3, dtype=dtype, rngs=rngs)
 
@@ -289,12 +276,8 @@ class Decoder(nnx.Module):
     def __init__(self, config: VAEConfig, *, dtype: Any, rngs: nnx.Rngs):
         widths, groups = config.block_out_channels, config.norm_num_groups
         self.conv_in = _conv(config.latent_channels, widths[-1], 3, dtype=dtype, rngs=rngs)
-        self.mid_block = MidBlock(
-            widths[-1], groups, config.mid_block_add_attention, dtype=dtype, rngs=rngs
-        )
-        self.up_blocks = nnx.List(
-            [UpBlock(config, i, dtype=dtype, rngs=rngs) for i in range(len(widths))]
-        )
+        self.mid_block = MidBlock(widths[-1], groups, config.mid_block_add_attention, dtype=dtype, rngs=rngs)
+        self.up_blocks = nnx.List([UpBlock(config, i, dtype=dtype, rngs=rngs) for i in range(len(widths))])
         self.conv_norm_out = _group_norm(widths[0], groups, dtype=dtype, rngs=rngs)
         self.conv_out = _conv(widths[0], config.out_channels, 3, dtype=dtype, rngs=rngs)
 
@@ -373,9 +356,7 @@ def _check_channels(name: str, x: jax.Array, channels: int):
         )
 
 
-def encode_to_latents(
-    vae: AutoencoderKL, images: jax.Array, key: jax.Array | None = None
-) -> jax.Array:
+def encode_to_latents(vae: AutoencoderKL, images: jax.Array, key: jax.Array | None = None) -> jax.Array:
     """Scaled latents of images, as the diffusion model sees them.
 
     Args:

@@ -1,0 +1,89 @@
+"""Shared defaults of every experiment; experiment files change only what differs.
+
+Units: resolutions in input pixels (images; latents are 8x smaller), positions and grids
+in tokens, durations in optimizer steps.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # model init, RPE-2D draws, noise and times (folded with the step)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "DiT-XL/2"  # DiT-{S,B,L,XL}/{1,2,4,8}
+    # Optional overrides of the variant's depth / width / heads (None: the variant's).
+    config.model.depth = config_dict.placeholder(int)
+    config.model.width = config_dict.placeholder(int)
+    config.model.heads = config_dict.placeholder(int)
+    config.model.qk_norm = False  # RMS-normalise q and k per head (FiTv2)
+    config.model.micro_conditioning = True  # embed the crop (r, top, left)
+    config.model.pos_encoding = "rope"  # rope | sincos | none
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+    config.model.attention_impl = config_dict.placeholder(str)  # None (XLA picks) | xla | cudnn
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "procedural"  # a name in rpe_jax.data.pipeline.SOURCES
+    config.data.resolution = 256  # training resolution in pixels: int, "HxW" or (H, W)
+    config.data.latent = True  # train on SD-VAE latents (8x smaller) instead of pixels
+    config.data.num_classes = 1000
+    config.data.seed = 0  # shuffling and augmentation
+    config.data.train_size = 1_281_167  # examples per epoch (procedural: any size)
+    config.data.eval_size = 50_000
+    config.data.flip_prob = 0.5  # horizontal flips
+    config.data.resize_crop_prob = 0.5  # probability of random resize-and-crop
+    config.data.max_resize_factor = 2.0  # r ~ U[1, this]; at most max_positions / grid
+    config.data.workers = 0  # Grain worker processes (0: in the main process)
+
+    config.positions = ml_collections.ConfigDict()
+    config.positions.train_rule = "rpe2d"  # rpe2d (random sorted subsets) | grid (plain RoPE)
+    config.positions.max_positions = 32  # L: draw each axis from [0, L); int or (L_h, L_w)
+    config.positions.per_sample = True  # False: one draw shared by the batch
+    config.positions.crop_coupled = False  # positions of a crop = slice of the resized draw
+
+    config.objective = ml_collections.ConfigDict()
+    config.objective.time_sampler = "uniform"  # uniform | logit_normal
+    config.objective.time_mean = 0.0  # logit-normal mean
+    config.objective.time_std = 1.0  # logit-normal std
+    config.objective.label_dropout = 0.1  # probability of the null class (CFG)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 256  # global batch over all processes and devices
+    config.train.num_steps = 400_000
+    config.train.learning_rate = 1e-4
+    config.train.warmup_steps = 0
+    config.train.cosine_decay = False  # cosine decay to min_lr_ratio * lr after warm-up
+    config.train.min_lr_ratio = 0.0
+    config.train.weight_decay = 0.0
+    config.train.b1 = 0.9
+    config.train.b2 = 0.999
+    config.train.grad_clip = 1.0  # global-norm clipping (0: off)
+    config.train.ema_decay = 0.9999
+    config.train.grad_accum_steps = 1  # micro-batches per optimizer step
+    config.train.log_every = 100
+    config.train.checkpoint_every = 5_000
+    config.train.keep_checkpoints = 3
+    config.train.async_checkpoint = True
+    config.train.sample_every = 20_000  # 0: only at the end
+    config.train.profile_steps = 0  # >0: trace this many steps after the first log
+    # Wait for every step to finish before dispatching the next: required on CPU with
+    # several simulated devices (jax >= 0.9 collective deadlock), free there.
+    config.train.block_each_step = False
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1)  # (data, fsdp); one -1 fills the remaining devices
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.resolutions = (128, 256, 384, 512)  # inference resolutions (pixels)
+    config.sample.methods = ("rpe2d",)  # names in rpe_jax.methods.METHODS
+    config.sample.steps = 50
+    config.sample.solver = "heun"  # euler | heun
+    config.sample.cfg_scale = 1.5  # 1: no guidance
+    config.sample.num_images = 16  # images per grid written during training
+    config.sample.watershed = 0.3  # Lumina-Next's PI -> NTK switch time
+
+    config.vae = ml_collections.ConfigDict()
+    config.vae.path = ""  # local diffusers SD-VAE directory (latent runs)
+    return config

@@ -1,0 +1,1 @@
+"""Flow matching: the training objective, time schedules and samplers."""
