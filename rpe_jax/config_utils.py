@@ -14,7 +14,7 @@ from flax import nnx
 from rpe_jax import methods as methods_lib
 from rpe_jax import positions as positions_lib
 from rpe_jax import sharding
-from rpe_jax.data import pipeline
+from rpe_jax.data import sources
 from rpe_jax.diffusion import flow, sampling
 from rpe_jax.models import dit
 
@@ -131,7 +131,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     """
     model_config(config)  # variant, sizes, dtype, pos_encoding
     _choice("positions.train_rule", config.positions.train_rule, positions_lib.TRAIN_RULES)
-    _choice("data.source", config.data.source, pipeline.SOURCES)
+    _choice("data.source", config.data.source, sources.SOURCES)
     _choice("objective.time_sampler", config.objective.time_sampler, flow.TIME_SAMPLERS)
     _choice("sample.solver", config.sample.solver, sampling.SOLVERS)
     for name in config.sample.methods:

@@ -4,10 +4,9 @@ Config values are overridden from the command line, e.g.
 `--config.train.batch_size=64 --config.sample.resolutions="(256, 512)"`; unknown keys fail.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-import jax
 
 from rpe_jax import config_utils, train
 

@@ -124,8 +124,8 @@ def _cli(workdir, *overrides):
         sys.executable, "-m", "rpe_jax.main", f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
         "--config.model.depth=2", "--config.model.width=64", "--config.model.heads=2",
         "--config.train.batch_size=8", "--config.train.log_every=2", "--config.sample.num_images=2",
-        "--config.sample.steps=1", "--config.sample.resolutions=(32, 64)", "--config.sample.methods=('rpe2d',)",
-        *overrides,
+        "--config.sample.steps=1", "--config.sample.resolutions=(32, 64)",
+        "--config.sample.methods=('rpe2d',)", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
     return subprocess.Popen(

@@ -11,32 +11,20 @@ Transforms are small picklable classes, so Grain worker processes can run them.
 """
 
 import dataclasses
-from collections.abc import Callable
 
 import grain
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from rpe_jax.data import procedural
-
-
-def _procedural_source(config: ml_collections.ConfigDict, split: str, resolution: tuple[int, int]):
-    size = config.train_size if split == "train" else config.eval_size
-    return procedural.ProceduralSource(
-        size, resolution, split=split, seed=config.seed, num_classes=config.num_classes
-    )
-
-
-# Source name -> (data config, split, (H, W)) -> random-access source yielding
-# {"image": [H, W, C] float32 in [0, 1], "label": int}.
-SOURCES: dict[str, Callable] = {"procedural": _procedural_source}
+from rpe_jax.data import sources
 
 
 def make_source(config: ml_collections.ConfigDict, split: str, resolution: tuple[int, int]):
-    if config.source not in SOURCES:
-        raise ValueError(f"Unknown data source {config.source!r}; choose one of {sorted(SOURCES)}.")
-    return SOURCES[config.source](config, split, resolution)
+    """The random-access source named by `config.source` (see data/sources.py)."""
+    if config.source not in sources.SOURCES:
+        raise ValueError(f"Unknown data source {config.source!r}; choose one of {sorted(sources.SOURCES)}.")
+    return sources.SOURCES[config.source](config, split, resolution)
 
 
 class ToModelInput(grain.transforms.Map):
