@@ -86,6 +86,7 @@ class ResizeAndCrop(grain.transforms.RandomMap):
             top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
             p = self.patch
             x = resize(x, rh * p, rw * p)[top * p : (top + h) * p, left * p : (left + w) * p]
+            x = np.clip(x, -1.0, 1.0)  # bicubic overshoots at edges
         micro = np.array([rh / h, top / rh, left / rw], np.float32)
         return {**element, "x": x, "micro": micro, "crop": np.array([rh, rw, top, left], np.int32)}
 
