@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.cfg_scale = 1.5  # 1: no guidance
     config.sample.num_images = 16  # images per grid written during training
     config.sample.watershed = 0.3  # Lumina-Next's PI -> NTK switch time
+    config.sample.num_samples = 50_000  # --mode=sample: images per resolution and method
+    config.sample.batch_size = 64  # images per sampling batch (global)
+    config.sample.checkpoint_step = config_dict.placeholder(int)  # None: the latest
 
     config.vae = ml_collections.ConfigDict()
     config.vae.path = ""  # local diffusers SD-VAE directory (latent runs)

@@ -39,4 +39,5 @@ def get_config():
     config.sample.steps = 32
     config.sample.cfg_scale = 2.0
     config.sample.num_images = 20
+    config.sample.num_samples = 1_000
     return config

@@ -8,12 +8,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rpe_jax import config_utils, train
+from rpe_jax import config_utils, sample, train
 
 FLAGS = flags.FLAGS
 
 # Mode name -> function(config, workdir).
-MODES = {"train": train.train_and_evaluate}
+MODES = {"train": train.train_and_evaluate, "sample": sample.generate}
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", sorted(MODES), "What to run.")

@@ -3,7 +3,9 @@
 Legend: B batch, H x W image, C channels.
 """
 
+import functools
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +15,10 @@ from absl import logging
 from flax import nnx
 from PIL import Image
 
-from rpe_jax import config_utils
+from rpe_jax import config_utils, train_state
 from rpe_jax import methods as methods_lib
 from rpe_jax.diffusion import sampling
+from rpe_jax.models import vae as vae_lib
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -91,3 +94,88 @@ def write_sample_grids(sampler: GridSampler, params: nnx.State, step: int, workd
             save_png(image_grid(images, columns), path)
             paths.append(path)
     return paths
+
+
+def _decoder(config: ml_collections.ConfigDict):
+    """Model outputs -> images in [-1, 1]: identity in pixel space, the VAE for latents."""
+    if not config.data.latent:
+        return lambda x: x
+    if not config.vae.path:
+        raise ValueError("Latent runs decode samples with the SD-VAE: set config.vae.path to its directory.")
+    vae = vae_lib.load_vae(config.vae.path)
+    decode = nnx.jit(lambda v, z: jnp.clip(vae_lib.decode_latents(v, z), -1, 1))
+    return functools.partial(decode, vae)
+
+
+def _batch_labels(config: ml_collections.ConfigDict, index: int) -> jax.Array:
+    """Balanced labels for sample batch `index`: the class sequence 0, 1, ... C-1, ..."""
+    b = config.sample.batch_size
+    return (jnp.arange(index * b, (index + 1) * b) % config.data.num_classes).astype(jnp.int32)
+
+
+def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """`--mode=sample`: N samples per configured resolution and method, as .npz batches.
+
+    Files: `<workdir>/generated/<method>/<HxW>/batch_%05d.npz` (uint8 `images`
+    [B, H, W, 3], int32 `labels`) and a `grid.png` of the first batch. Batches already
+    on disk are skipped, so an interrupted run resumes; each process takes every
+    process_count-th batch.
+    """
+    graphdef, params, step = train_state.restore_ema_params(config, workdir, config.sample.checkpoint_step)
+    sampler = GridSampler(config, graphdef)
+    decode = _decoder(config)
+    num_batches = -(-config.sample.num_samples // config.sample.batch_size)
+    for method in config.sample.methods:
+        for resolution in config_utils.sample_resolutions(config):
+            out_dir = os.path.join(workdir, "generated", method, config_utils.resolution_name(resolution))
+            os.makedirs(out_dir, exist_ok=True)
+            todo = [
+                i
+                for i in range(jax.process_index(), num_batches, jax.process_count())
+                if not os.path.exists(os.path.join(out_dir, f"batch_{i:05d}.npz"))
+            ]
+            logging.info(
+                "%s at %s (step %d): %d of %d batches to do.",
+                method,
+                resolution,
+                step,
+                len(todo),
+                num_batches,
+            )
+            _generate_batches(config, sampler, decode, params, resolution, method, todo, out_dir)
+
+
+def _generate_batches(config, sampler, decode, params, resolution, method, todo, out_dir) -> None:
+    progress = _Progress(len(todo), f"{method} {config_utils.resolution_name(resolution)}")
+    for index in todo:
+        key = jax.random.fold_in(jax.random.key(config.seed), index)
+        labels = _batch_labels(config, index)
+        images = to_uint8(decode(sampler.images(params, resolution, method, labels, key)))
+        path = os.path.join(out_dir, f"batch_{index:05d}.npz")
+        np.savez(path + ".tmp.npz", images=images, labels=np.asarray(labels))
+        os.replace(path + ".tmp.npz", path)  # a batch file exists only when complete
+        if index == 0:
+            save_png(image_grid(images[:64], 8), os.path.join(out_dir, "grid.png"))
+        progress.update(images.shape[0])
+
+
+class _Progress:
+    """Logs done/total, images per second and the remaining time."""
+
+    def __init__(self, total_batches: int, name: str):
+        self.total, self.done, self.name, self.images = total_batches, 0, name, 0
+        self.start = time.time()
+
+    def update(self, images: int) -> None:
+        self.done += 1
+        self.images += images
+        elapsed = time.time() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        logging.info(
+            "%s: batch %d/%d, %.1f images/s, ETA %.0f s.",
+            self.name,
+            self.done,
+            self.total,
+            self.images / elapsed,
+            eta,
+        )

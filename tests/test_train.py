@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from rpe_jax import checkpoint, sharding, train
+from rpe_jax import checkpoint, sharding, train, train_state
 from rpe_jax.data import pipeline
 from rpe_jax.diffusion import flow
 
@@ -36,8 +36,8 @@ def tiny_config():
 
 
 def _one_step(config, mesh):
-    tx = train.make_optimizer(config)
-    graphdef, state, shardings = train.create_train_state(config, mesh, tx)
+    tx = train_state.make_optimizer(config)
+    graphdef, state, shardings = train_state.create_train_state(config, mesh, tx)
     data = pipeline.create_dataset(config.data, split="train", resolution=(32, 32), patch=4, batch_size=8)
     batch = sharding.global_batch(next(iter(data)), mesh)
     state, metrics = train.jit_train_step(config, graphdef, tx, shardings, mesh)(state, batch)
@@ -78,8 +78,8 @@ def test_partition_rules_fall_back_to_a_divisible_dimension():
 def _restore_final(workdir, config, step):
     config = config.copy_and_resolve_references()
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    tx = train.make_optimizer(config)
-    _, state, shardings = train.create_train_state(config, mesh, tx)
+    tx = train_state.make_optimizer(config)
+    _, state, shardings = train_state.create_train_state(config, mesh, tx)
     manager = checkpoint.make_manager(workdir, config)
     return checkpoint.restore(manager, step, checkpoint.abstract_state(state, shardings))
 
@@ -166,3 +166,33 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert f"Resuming from step {steps[0]}" in out
     assert str(steps[0] + 2) in os.listdir(tmp_path / "checkpoints")
+
+
+def test_sample_mode_writes_batches_and_resumes(tmp_path):
+    proc = _cli(tmp_path, "--config.train.num_steps=2")
+    assert proc.communicate(timeout=600)[0] is not None and proc.returncode == 0
+    sample_args = ("--mode=sample", "--config.sample.num_samples=6", "--config.sample.batch_size=2")
+    proc = _cli(tmp_path, *sample_args)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    for res in ("32x32", "64x64"):
+        folder = tmp_path / "generated" / "rpe2d" / res
+        assert sorted(os.listdir(folder)) == [
+            "batch_00000.npz",
+            "batch_00001.npz",
+            "batch_00002.npz",
+            "grid.png",
+        ]
+        batch = np.load(folder / "batch_00001.npz")
+        side = int(res.split("x")[0])
+        assert batch["images"].shape == (2, side, side, 3) and batch["images"].dtype == np.uint8
+        np.testing.assert_array_equal(batch["labels"], [2, 3])
+    kept = tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00000.npz"
+    before = os.path.getmtime(kept)
+    os.remove(tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00002.npz")
+    proc = _cli(tmp_path, *sample_args)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "1 of 3 batches to do" in out and "0 of 3 batches to do" in out
+    assert os.path.getmtime(kept) == before
+    assert os.path.exists(tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00002.npz")
