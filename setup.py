@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     # CLU's metric writers and periodic actions import TensorFlow at load time.
     "tensorflow-cpu==2.21.0",
     "tensorboard",
+    "matplotlib==3.10.7",  # the metric-vs-resolution plot
 ]
 
 EXTRAS_REQUIRE = {

@@ -87,6 +87,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.batch_size = 64  # images per sampling batch (global)
     config.sample.checkpoint_step = config_dict.placeholder(int)  # None: the latest
 
+    config.eval = ml_collections.ConfigDict()
+    config.eval.extractor = "inception"  # inception | classifier (rpe_jax.feature_extractor)
+    config.eval.extractor_path = ""  # Inception .pth file, or a trained classifier directory
+    config.eval.num_reference = 50_000  # real images per resolution for the statistics
+    config.eval.reference_source = ""  # a data source name; "": config.data.source
+    config.eval.reference_split = "validation"
+    config.eval.batch_size = 64
+    config.eval.pr_k = 3  # k of the k-NN radii of precision and recall
+
     config.vae = ml_collections.ConfigDict()
     config.vae.path = ""  # local diffusers SD-VAE directory (latent runs)
     return config

@@ -5,7 +5,6 @@ Legend: B batch, H x W image, C channels.
 
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ from rpe_jax import config_utils, train_state
 from rpe_jax import methods as methods_lib
 from rpe_jax.diffusion import sampling
 from rpe_jax.models import vae as vae_lib
+from rpe_jax.progress import Progress
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -146,7 +146,7 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _generate_batches(config, sampler, decode, params, resolution, method, todo, out_dir) -> None:
-    progress = _Progress(len(todo), f"{method} {config_utils.resolution_name(resolution)}")
+    progress = Progress(len(todo), f"{method} {config_utils.resolution_name(resolution)}")
     for index in todo:
         key = jax.random.fold_in(jax.random.key(config.seed), index)
         labels = _batch_labels(config, index)
@@ -157,25 +157,3 @@ def _generate_batches(config, sampler, decode, params, resolution, method, todo,
         if index == 0:
             save_png(image_grid(images[:64], 8), os.path.join(out_dir, "grid.png"))
         progress.update(images.shape[0])
-
-
-class _Progress:
-    """Logs done/total, images per second and the remaining time."""
-
-    def __init__(self, total_batches: int, name: str):
-        self.total, self.done, self.name, self.images = total_batches, 0, name, 0
-        self.start = time.time()
-
-    def update(self, images: int) -> None:
-        self.done += 1
-        self.images += images
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        logging.info(
-            "%s: batch %d/%d, %.1f images/s, ETA %.0f s.",
-            self.name,
-            self.done,
-            self.total,
-            self.images / elapsed,
-            eta,
-        )

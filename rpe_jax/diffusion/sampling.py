@@ -47,6 +47,28 @@ def _heun(velocity, x, t0, t1):
 SOLVERS: dict[str, Callable] = {"euler": _euler, "heun": _heun}
 
 
+def integrate(velocity: Callable, x: jax.Array, times: jax.Array, solver: str = "heun") -> jax.Array:
+    """Integrates dx/dt = velocity(x, t) over the time grid `times` [S + 1].
+
+    Args:
+      velocity: (x [B, ...], t []) -> [B, ...].
+      x: [B, ...] start (noise at t = times[0]).
+      times: [S + 1] increasing times.
+      solver: name in SOLVERS.
+
+    Returns:
+      x at times[-1].
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; choose one of {sorted(SOLVERS)}.")
+    step_fn = SOLVERS[solver]
+
+    def body(i, x):
+        return step_fn(velocity, x, times[i], times[i + 1])
+
+    return jax.lax.fori_loop(0, times.shape[0] - 1, body, x)
+
+
 def time_grid(steps: int, alpha: float = 1.0) -> jax.Array:
     """[steps + 1] times from 0 to 1, shifted towards noise for alpha > 1."""
     return flow.shift_time(jnp.linspace(0.0, 1.0, steps + 1), alpha)
@@ -73,9 +95,6 @@ def make_sampler(
     Returns:
       sample(params, key, labels [B]) -> [B, n_h P, n_w P, C] float32.
     """
-    if config.solver not in SOLVERS:
-        raise ValueError(f"Unknown solver {config.solver!r}; choose one of {sorted(SOLVERS)}.")
-    step_fn = SOLVERS[config.solver]
     pos = methods_lib.method_positions(method, grid, max_positions)[None]  # [1, N, 2]
     n_train, n_test = train_grid[0] * train_grid[1], grid[0] * grid[1]
     alpha = flow.resolution_shift(n_train, n_test) if method.time_shift else 1.0
@@ -106,8 +125,6 @@ def make_sampler(
             return uncond + config.cfg_scale * (cond - uncond)
 
         shape = (b, grid[0] * cfg.patch, grid[1] * cfg.patch, cfg.in_channels)
-        x = jax.random.normal(key, shape)
-        body = lambda i, x: step_fn(velocity, x, times[i], times[i + 1])  # noqa: E731
-        return jax.lax.fori_loop(0, config.steps, body, x)
+        return integrate(velocity, jax.random.normal(key, shape), times, config.solver)
 
     return jax.jit(sample)

@@ -1,0 +1,92 @@
+"""Tests of the samplers: an analytic flow, the time shift, determinism across meshes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import demo
+from rpe_jax import config_utils, methods, sharding
+from rpe_jax.diffusion import flow, sampling
+
+MU, SIGMA = 1.5, 0.5  # data ~ N(MU, SIGMA^2), noise ~ N(0, 1)
+
+
+def gaussian_velocity(x, t):
+    """Exact flow-matching velocity E[x1 - x0 | x_t = x] for Gaussian data on the linear
+    path x_t = t x1 + (1 - t) x0."""
+    var = t**2 * SIGMA**2 + (1 - t) ** 2
+    return MU + (t * SIGMA**2 - (1 - t)) / var * (x - t * MU)
+
+
+def _final_moments(steps, solver, alpha=1.0):
+    x0 = jax.random.normal(jax.random.key(0), (200_000,))
+    x1 = sampling.integrate(gaussian_velocity, x0, sampling.time_grid(steps, alpha), solver)
+    return float(x1.mean()), float(x1.std())
+
+
+@pytest.mark.parametrize("solver", sorted(sampling.SOLVERS))
+def test_solvers_reach_the_target_gaussian(solver):
+    mean, std = _final_moments(256, solver)
+    assert mean == pytest.approx(MU, abs=0.01)
+    assert std == pytest.approx(SIGMA, abs=0.01)
+    coarse = abs(_final_moments(4, solver)[1] - SIGMA)
+    fine = abs(_final_moments(16, solver)[1] - SIGMA)
+    assert fine < coarse, "more steps must reduce the error"
+
+
+def test_heun_beats_euler_and_shift_keeps_the_target():
+    assert abs(_final_moments(8, "heun")[1] - SIGMA) < abs(_final_moments(8, "euler")[1] - SIGMA)
+    mean, std = _final_moments(64, "heun", alpha=2.0)  # a shifted grid still integrates exactly
+    assert mean == pytest.approx(MU, abs=0.01) and std == pytest.approx(SIGMA, abs=0.01)
+
+
+def test_time_shift():
+    t = jnp.linspace(0, 1, 11)
+    np.testing.assert_allclose(flow.shift_time(t, 1.0), t, atol=1e-7)
+    for alpha in (0.5, 2.0, 4.0):
+        shifted = flow.shift_time(t, alpha)
+        assert float(shifted[0]) == 0.0 and float(shifted[-1]) == pytest.approx(1.0)
+        assert bool(jnp.all(jnp.diff(shifted) > 0))
+    # alpha > 1 spends more of the trajectory near noise (small t): the SD3 map on the
+    # noise level s = 1 - t, s' = a s / (1 + (a - 1) s), worked by hand at t = 0.5, a = 3.
+    assert float(flow.shift_time(jnp.float32(0.5), 3.0)) == pytest.approx(1 - 1.5 / 2)
+    assert flow.resolution_shift(256, 1024) == 2.0
+
+
+def _tiny_sampler(method="rpe2d", grid=(12, 12)):
+    config = demo.get_config()
+    config.model.depth, config.model.width, config.model.heads = 2, 64, 2
+    model = config_utils.build_model(config, nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
+    fn = sampling.make_sampler(
+        graphdef,
+        grid,
+        config_utils.train_grid(config),
+        config_utils.max_positions(config),
+        methods.get_method(method),
+        sampling.SamplerConfig(steps=3, solver="heun", cfg_scale=2.0),
+    )
+    return fn, params
+
+
+def test_sampling_is_deterministic_and_the_same_on_1_and_8_devices():
+    fn, params = _tiny_sampler()
+    labels = jnp.arange(8) % 10
+    a = fn(params, jax.random.key(3), labels)
+    assert a.shape == (8, 48, 48, 3)
+    np.testing.assert_array_equal(a, fn(params, jax.random.key(3), labels))
+    assert float(jnp.abs(a - fn(params, jax.random.key(4), labels)).max()) > 0.1
+    mesh = sharding.make_mesh((4, 2))
+    sharded = jax.device_put(params, sharding.state_shardings(params, mesh))
+    b = fn(sharded, jax.random.key(3), jax.device_put(labels, sharding.batch_sharding(mesh)))
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["lumina_next", "yarn", "rpe2d_contiguous"])
+def test_every_kind_of_method_samples_a_larger_grid(method):
+    fn, params = _tiny_sampler(method, grid=(16, 12))
+    out = fn(params, jax.random.key(0), jnp.arange(2))
+    assert out.shape == (2, 64, 48, 3) and bool(jnp.isfinite(out).all())
