@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Wait for every step to finish before dispatching the next: required on CPU with
     # several simulated devices (jax >= 0.9 collective deadlock), free there.
     config.train.block_each_step = False
+    # Start a fresh run from another run's parameters and EMA (e.g. pretrained at a lower
+    # resolution; same architecture and optimizer settings), with a fresh optimizer.
+    config.train.init_from = ""
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # (data, fsdp); one -1 fills the remaining devices

@@ -232,6 +232,20 @@ def _write_samples(sampler: sample.GridSampler, state: TrainState, step: int, wo
         logging.info("Wrote %d sample grids at step %d: %s", len(paths), step, paths)
 
 
+def _init_from(source_dir: str, config, state: TrainState, shardings) -> TrainState:
+    """A fresh run that starts from another run's parameters and EMA (any training grid:
+    the parameters do not depend on it), with a fresh optimizer and step 0."""
+    source = checkpoint.make_manager(source_dir, config)
+    step = source.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"config.train.init_from={source_dir!r} has no checkpoint to start from.")
+    restored = checkpoint.restore(source, step, checkpoint.abstract_state(state, shardings))
+    logging.info(
+        "Initialised parameters and EMA from %s, step %d; optimizer state is fresh.", source_dir, step
+    )
+    return state.replace(params=restored.params, ema_params=restored.ema_params)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) in `workdir`; writes checkpoints, metrics and sample grids.
 
@@ -252,6 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state = checkpoint.restore(
             manager, manager.latest_step(), checkpoint.abstract_state(state, shardings), data
         )
+    elif config.train.init_from:
+        state = _init_from(config.train.init_from, config, state, shardings)
     initial_step = int(state.step)
     _log_start(config, mesh, state, workdir, writer, initial_step)
 

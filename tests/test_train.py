@@ -196,3 +196,27 @@ def test_sample_mode_writes_batches_and_resumes(tmp_path):
     assert "1 of 3 batches to do" in out and "0 of 3 batches to do" in out
     assert os.path.getmtime(kept) == before
     assert os.path.exists(tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00002.npz")
+
+
+def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(tmp_path):
+    config = tiny_config()
+    config.mesh.shape = (2, 4)
+    config.train.num_steps = 2
+    source = train.train_and_evaluate(config, str(tmp_path / "low_res"))
+    config.train.init_from = str(tmp_path / "low_res")
+    config.data.resolution = 48  # a different training grid: 12x12 tokens
+    config.positions.max_positions = 24
+    config.sample.resolutions = (48,)
+    config.train.num_steps = 0
+    start = train.train_and_evaluate(config, str(tmp_path / "high_res"))
+    assert int(start.step) == 0
+    for a, b in zip(
+        jax.tree.leaves((source.params, source.ema_params)),
+        jax.tree.leaves((start.params, start.ema_params)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert all(float(abs(np.asarray(m)).max()) == 0 for m in jax.tree.leaves(start.opt_state[1][0].mu))
+    config.train.init_from = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="missing.*no checkpoint"):
+        train.train_and_evaluate(config, str(tmp_path / "other"))
