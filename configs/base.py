@@ -36,6 +36,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.resize_crop_prob = 0.5  # probability of random resize-and-crop
     config.data.max_resize_factor = 2.0  # r ~ U[1, this]; at most max_positions / grid
     config.data.workers = 0  # Grain worker processes (0: in the main process)
+    config.data.root = ""  # image_folder / fashion_mnist folder ("": Debian's Fashion-MNIST)
+    config.data.tfds_dir = ""  # TFDS data dir of imagenet2012 ("": ~/tensorflow_datasets)
+    config.data.latents_dir = ""  # the latents/ folder written by --mode=extract_latents
+
+    # --mode=extract_latents: encode an image source with the SD-VAE (config.vae.path).
+    config.data.latent_source = "procedural"  # the image source to encode
+    config.data.latent_splits = ("train",)
+    config.data.latent_factors = (1.0, 1.25, 1.5, 1.75, 2.0)  # stored resize factors (with 1.0)
+    config.data.latent_shard_size = 4096  # examples per ArrayRecord shard (unit of resume)
+    config.data.latent_batch_size = 32  # images per encode call
+    config.data.latent_sample = False  # store a posterior sample instead of the mean
+    config.data.latent_dtype = "float32"  # float32 | float16 on disk
 
     config.positions = ml_collections.ConfigDict()
     config.positions.train_rule = "rpe2d"  # rpe2d (random sorted subsets) | grid (plain RoPE)

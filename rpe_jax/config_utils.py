@@ -144,9 +144,11 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
             f"RPE-2D needs L >= the grid side (2 x is the default)."
         )
     largest = min(limit[0] / grid[0], limit[1] / grid[1])
-    if config.data.resize_crop_prob > 0 and not 1.0 <= config.data.max_resize_factor <= largest:
+    field = "latent_factors" if config.data.source == "latents" else "max_resize_factor"
+    factor = max(config.data[field]) if field == "latent_factors" else config.data[field]
+    if config.data.resize_crop_prob > 0 and not 1.0 <= factor <= largest:
         raise ValueError(
-            f"config.data.max_resize_factor {config.data.max_resize_factor} must be in [1, {largest:g}] "
+            f"config.data.{field} {config.data[field]} must be within [1, {largest:g}] "
             f"so that resized grids stay within max_positions {limit}."
         )
     for resolution in sample_resolutions(config):

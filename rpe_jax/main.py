@@ -9,11 +9,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rpe_jax import config_utils, sample, train
+from rpe_jax.data import latents
 
 FLAGS = flags.FLAGS
 
 # Mode name -> function(config, workdir).
-MODES = {"train": train.train_and_evaluate, "sample": sample.generate}
+MODES = {
+    "train": train.train_and_evaluate,
+    "sample": sample.generate,
+    "extract_latents": latents.extract_latents,
+}
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", sorted(MODES), "What to run.")

@@ -51,7 +51,7 @@ def test_paper_settings():
         ("objective.time_sampler", "beta", None, r"'beta'; choose one of \['logit_normal', 'uniform'\]"),
         ("train.batch_size", 12, 8, r"batch_size 12 .* does not split over 8 devices.*multiple of 8"),
         ("mesh.shape", (3, -1), 8, r"\(3, -1\) does not fit 8 devices"),
-        ("data.max_resize_factor", 3.0, None, r"max_resize_factor 3.0 must be in \[1, 2\]"),
+        ("data.latent_factors", (1.0, 3.0), None, r"latent_factors \(1.0, 3.0\) must be within \[1, 2\]"),
         ("model.variant", "DiT-XXL/2", None, r"Unknown DiT variant 'DiT-XXL/2'"),
         ("model.dtype", "float16", None, r"model.dtype 'float16'.*bfloat16"),
     ],
@@ -66,6 +66,10 @@ def test_invalid_values_raise_clear_errors(field, value, device_count, message):
 
 def test_pixel_resolution_must_be_divisible_by_the_patch():
     config = demo.get_config()
+    config.data.max_resize_factor = 2.5
+    with pytest.raises(ValueError, match=r"max_resize_factor 2.5 must be within \[1, 2\]"):
+        config_utils.validate(config)
+    config.data.max_resize_factor = 2.0
     config.data.resolution = 34
     with pytest.raises(ValueError, match=r"34x34 is not divisible by 4, the pixel \(patch\)"):
         config_utils.validate(config)

@@ -123,3 +123,18 @@ def test_epochs_are_reshuffled():
 def test_unknown_source_is_named():
     with pytest.raises(ValueError, match="Unknown data source 'imagenet_zip'.*'procedural'"):
         _dataset(_config(source="imagenet_zip"))
+
+
+def test_latent_flip_mirrors_every_stored_factor_together():
+    from rpe_jax.data import latents
+
+    stored = {
+        "1": np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4),
+        "2": np.arange(4 * 8 * 4).reshape(4, 8, 4),
+    }
+    flip = latents.LatentFlip(prob=1.0)
+    out = flip.random_map({"latents": stored, "label": 3}, np.random.default_rng(0))
+    for name, latent in stored.items():
+        np.testing.assert_array_equal(out["latents"][name], latent[:, ::-1])
+    kept = latents.LatentFlip(prob=0.0).random_map({"latents": stored, "label": 3}, np.random.default_rng(0))
+    assert kept["latents"] is stored

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from rpe_jax.data import sources
+from rpe_jax.data import latents, sources
 
 
 def make_source(config: ml_collections.ConfigDict, split: str, resolution: tuple[int, int]):
@@ -120,11 +120,14 @@ def create_dataset(
     source = make_source(config, split, resolution)
     ds = grain.MapDataset.source(source).seed(config.seed).shuffle()
     ds = ds[process_index::process_count].repeat(None)
-    ds = ds.map(ToModelInput())
-    if augment:
-        ds = ds.random_map(RandomFlip(config.flip_prob))
+    flip_prob = config.flip_prob if augment else 0.0
     crop_prob = config.resize_crop_prob if augment else 0.0
-    ds = ds.random_map(ResizeAndCrop(crop_prob, config.max_resize_factor, patch))
+    if config.source == "latents":  # resize-and-crop picks one of the stored factors
+        ds = ds.random_map(latents.LatentFlip(flip_prob))
+        ds = ds.random_map(latents.LatentResizeAndCrop(crop_prob, patch))
+    else:
+        ds = ds.map(ToModelInput()).random_map(RandomFlip(flip_prob))
+        ds = ds.random_map(ResizeAndCrop(crop_prob, config.max_resize_factor, patch))
     ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
     if config.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
