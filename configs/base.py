@@ -87,6 +87,14 @@ def get_config() -> ml_collections.ConfigDict:
     # resolution; same architecture and optimizer settings), with a fresh optimizer.
     config.train.init_from = ""
 
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.mode = "none"  # none | auto (TPU pods, SLURM) | explicit (fields below)
+    config.distributed.coordinator_address = ""  # host:port of process 0
+    config.distributed.num_processes = config_dict.placeholder(int)
+    config.distributed.process_id = config_dict.placeholder(int)
+    config.distributed.initialization_timeout = 300  # seconds to wait for every process
+    config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
+
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # (data, fsdp); one -1 fills the remaining devices
 

@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rpe_jax import config_utils, sample, train
+from rpe_jax import config_utils, distributed, sample, train
 from rpe_jax.data import latents
 
 FLAGS = flags.FLAGS
@@ -31,6 +31,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = FLAGS.config
     config_utils.validate(config)  # fail fast, before any device work
+    distributed.initialize(config)
     logging.info(
         "Process %d/%d; %d local and %d global devices (%s).",
         jax.process_index(),
