@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rpe_jax import config_utils, distributed, sample, train
+from rpe_jax import config_utils, distributed, evaluate, sample, train
 from rpe_jax.data import latents
 
 FLAGS = flags.FLAGS
@@ -17,6 +17,7 @@ FLAGS = flags.FLAGS
 MODES = {
     "train": train.train_and_evaluate,
     "sample": sample.generate,
+    "evaluate": evaluate.evaluate,
     "extract_latents": latents.extract_latents,
 }
 

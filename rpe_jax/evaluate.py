@@ -1,0 +1,238 @@
+"""`--mode=evaluate`: FID, sFID, IS, precision and recall of the generated samples at
+every inference resolution, and the resolution-generalization table.
+
+Reference statistics come from real images of the configured source rendered or
+centre-cropped at each test resolution (cached on disk). Besides every method, the
+table has the row `train_resized`: the first method's samples at the training
+resolution resized to the test resolution (bicubic up, box down) — what a user does
+instead of resolution generalization. Outputs in `<workdir>/eval/`: results.json,
+results.csv, results.md, and resolution_plot.png.
+
+Legend: B batch, H x W image, F features.
+"""
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+from collections.abc import Iterator
+
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from rpe_jax import config_utils, feature_extractor, metrics
+from rpe_jax.data import sources
+from rpe_jax.progress import Progress
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+METRICS = ("fid", "sfid", "inception_score", "precision", "recall")
+RESIZED_BASELINE = "train_resized"
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Features of one image set: pool features (kept for precision/recall), FID and
+    sFID statistics, and logits for IS."""
+
+    pool: np.ndarray  # [N, F]
+    pool_stats: metrics.FeatureStats
+    spatial_stats: metrics.FeatureStats
+    logits: np.ndarray  # [N, classes]
+
+
+def extract(extractor, batches: Iterator[np.ndarray], total: int, name: str) -> FeatureSet:
+    """Runs the extractor over batches of images [B, H, W, 3] float in [0, 1]."""
+    pool, logits = [], []
+    pool_acc, spatial_acc = metrics.StatsAccumulator(), metrics.StatsAccumulator()
+    progress = Progress(total, name, unit="batches")
+    for images in batches:
+        features = jax.device_get(extractor(images))
+        pool.append(np.asarray(features.pool))
+        logits.append(np.asarray(features.logits))
+        pool_acc.update(pool[-1])
+        spatial_acc.update(np.asarray(features.spatial))
+        progress.update()
+    return FeatureSet(np.concatenate(pool), pool_acc.result(), spatial_acc.result(), np.concatenate(logits))
+
+
+def _batched(images: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    buffer = []
+    for image in images:
+        buffer.append(image)
+        if len(buffer) == batch_size:
+            yield np.stack(buffer)
+            buffer = []
+    if buffer:
+        yield np.stack(buffer)
+
+
+def real_images(config: ml_collections.ConfigDict, resolution, count: int) -> Iterator[np.ndarray]:
+    """The first `count` reference images at `resolution`: [H, W, 3] float in [0, 1]."""
+    name = config.eval.reference_source or config.data.source
+    if name not in sources.SOURCES:
+        raise ValueError(
+            f"Unknown config.eval.reference_source {name!r}; choose one of {sorted(sources.SOURCES)}."
+        )
+    source = sources.SOURCES[name](config.data, config.eval.reference_split, tuple(resolution))
+    if len(source) < count:
+        raise ValueError(
+            f"Reference source {name!r} has {len(source)} images; config.eval.num_reference={count}."
+        )
+    return (np.asarray(source[i]["image"], np.float32) for i in range(count))
+
+
+def reference_features(config, resolution, extractor, workdir: str) -> FeatureSet:
+    """Features of the reference set at `resolution`, cached in `<workdir>/eval/reference`."""
+    n = config.eval.num_reference
+    source = config.eval.reference_source or config.data.source
+    tag = f"{source}_{config.eval.reference_split}_{config_utils.resolution_name(resolution)}"
+    path = os.path.join(workdir, "eval", "reference", f"{tag}_{config.eval.extractor}_{n}.npz")
+    if os.path.exists(path):
+        data = np.load(path)
+        return FeatureSet(
+            data["pool"],
+            metrics.feature_stats(data["pool"]),
+            metrics.FeatureStats(data["spatial_mu"], data["spatial_sigma"], n),
+            data["logits"],
+        )
+    batches = _batched(real_images(config, resolution, n), config.eval.batch_size)
+    features = extract(extractor, batches, -(-n // config.eval.batch_size), f"reference {tag}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(
+        path + ".tmp.npz",
+        pool=features.pool,
+        logits=features.logits,
+        spatial_mu=features.spatial_stats.mean,
+        spatial_sigma=features.spatial_stats.cov,
+    )
+    os.replace(path + ".tmp.npz", path)
+    return features
+
+
+def generated_files(workdir: str, method: str, resolution) -> list[str]:
+    folder = os.path.join(workdir, "generated", method, config_utils.resolution_name(resolution))
+    files = sorted(glob.glob(os.path.join(folder, "batch_*.npz")))
+    if not files:
+        raise FileNotFoundError(f"No samples in {folder}: run --mode=sample first.")
+    return files
+
+
+def generated_images(files: list[str], size=None) -> Iterator[np.ndarray]:
+    """Sample batches as float [0, 1], optionally resized to size = (H, W)."""
+    for path in files:
+        images = np.load(path)["images"]
+        if size is not None and images.shape[1:3] != tuple(size):
+            images = np.stack([_resize_uint8(im, size) for im in images])
+        yield images.astype(np.float32) / 255.0
+
+
+def _resize_uint8(image: np.ndarray, size) -> np.ndarray:
+    """Bicubic when enlarging, box (area) when shrinking; size = (H, W)."""
+    method = Image.Resampling.BICUBIC if size[0] > image.shape[0] else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), method))
+
+
+def score(reference: FeatureSet, generated: FeatureSet, k: int) -> dict[str, float]:
+    pr = metrics.precision_recall(reference.pool, generated.pool, k=k)
+    return {
+        "fid": metrics.frechet_distance(reference.pool_stats, generated.pool_stats),
+        "sfid": metrics.frechet_distance(reference.spatial_stats, generated.spatial_stats),
+        "inception_score": metrics.inception_score(
+            generated.logits, splits=min(10, len(generated.logits))
+        ).mean,
+        "precision": pr.precision,
+        "recall": pr.recall,
+    }
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+    """Scores every (method, resolution) with samples on disk; writes the table and plot.
+
+    Returns:
+      Rows {"method", "resolution", "tokens", metric: value, ...}.
+    """
+    extractor = feature_extractor.load(
+        config.eval.extractor, config.eval.extractor_path, config.eval.batch_size
+    )
+    train_resolution = config_utils.parse_resolution(config.data.resolution)
+    rows = []
+    for resolution in config_utils.sample_resolutions(config):
+        reference = reference_features(config, resolution, extractor, workdir)
+        candidates = [(m, generated_files(workdir, m, resolution), None) for m in config.sample.methods]
+        if resolution != train_resolution and train_resolution in config_utils.sample_resolutions(config):
+            files = generated_files(workdir, config.sample.methods[0], train_resolution)
+            candidates.append((RESIZED_BASELINE, files, resolution))
+        for method, files, size in candidates:
+            name = f"{method} {config_utils.resolution_name(resolution)}"
+            generated = extract(extractor, generated_images(files, size), len(files), name)
+            row = {"method": method, "resolution": config_utils.resolution_name(resolution)}
+            row["tokens"] = int(np.prod(config_utils.token_grid(config, resolution)))
+            row.update(score(reference, generated, config.eval.pr_k))
+            logging.info("%s", row)
+            rows.append(row)
+    if jax.process_index() == 0:
+        write_results(rows, os.path.join(workdir, "eval"), train_resolution)
+    return rows
+
+
+def write_results(rows: list[dict], out_dir: str, train_resolution) -> None:
+    """results.json, results.csv, results.md (one table per metric) and the plot."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "resolution", "tokens", *METRICS])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown_table(rows, train_resolution))
+    plot(rows, os.path.join(out_dir, "resolution_plot.png"))
+
+
+def _grid(rows: list[dict]):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    resolutions = sorted({(r["tokens"], r["resolution"]) for r in rows})
+    values = {(r["method"], r["resolution"]): r for r in rows}
+    return methods, [name for _, name in resolutions], values
+
+
+def markdown_table(rows: list[dict], train_resolution) -> str:
+    """One Markdown table per metric: methods x resolutions; the training one is marked."""
+    methods, resolutions, values = _grid(rows)
+    train_name = config_utils.resolution_name(train_resolution)
+    header = [f"{r} (train)" if r == train_name else r for r in resolutions]
+    lines = []
+    for metric in METRICS:
+        better = "lower" if metric in ("fid", "sfid") else "higher"
+        lines += [f"### {metric} ({better} is better)", "", "| method | " + " | ".join(header) + " |"]
+        lines.append("|---" * (len(resolutions) + 1) + "|")
+        for method in methods:
+            cells = [
+                f"{values[(method, r)][metric]:.3f}" if (method, r) in values else "—" for r in resolutions
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """Metric vs resolution, one line per method, one panel per metric."""
+    methods, resolutions, values = _grid(rows)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for method in methods:
+            xs = [i for i, r in enumerate(resolutions) if (method, r) in values]
+            ax.plot(xs, [values[(method, resolutions[i])][metric] for i in xs], marker="o", label=method)
+        ax.set_xticks(range(len(resolutions)), resolutions, rotation=45)
+        ax.set_title(metric)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
