@@ -102,8 +102,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.resolutions = (128, 256, 384, 512)  # inference resolutions (pixels)
     config.sample.methods = ("rpe2d",)  # names in rpe_jax.methods.METHODS
     config.sample.steps = 50
-    config.sample.solver = "heun"  # euler | heun
+    config.sample.solver = "heun"  # euler | heun (ODE) | euler_maruyama (SDE)
+    config.sample.sde_scale = 1.0  # SDE diffusion g^2 = 2 * this * (1 - t)
     config.sample.cfg_scale = 1.5  # 1: no guidance
+    config.sample.guidance_interval = (0.0, 1.0)  # guide only for t in [lo, hi] (0 = noise)
+    # Timestep shift: "method" (each method's own switch), "off", or a fixed alpha ("2.0").
+    config.sample.time_shift = "method"
     config.sample.num_images = 16  # images per grid written during training
     config.sample.watershed = 0.3  # Lumina-Next's PI -> NTK switch time
     config.sample.num_samples = 50_000  # --mode=sample: images per resolution and method

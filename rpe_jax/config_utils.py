@@ -110,6 +110,9 @@ def sampler_config(config: ml_collections.ConfigDict) -> sampling.SamplerConfig:
         steps=config.sample.steps,
         solver=config.sample.solver,
         cfg_scale=config.sample.cfg_scale,
+        guidance_interval=tuple(config.sample.guidance_interval),
+        time_shift=config.sample.time_shift,
+        sde_scale=config.sample.sde_scale,
         rope_options=sampling.rope_lib.RopeOptions(watershed=config.sample.watershed),
     )
 
@@ -134,6 +137,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     _choice("data.source", config.data.source, sources.SOURCES)
     _choice("objective.time_sampler", config.objective.time_sampler, flow.TIME_SAMPLERS)
     _choice("sample.solver", config.sample.solver, sampling.SOLVERS)
+    sampling.fixed_shift(config.sample.time_shift)
     for name in config.sample.methods:
         _choice("sample.methods entry", name, methods_lib.METHODS)
     grid = train_grid(config)

@@ -90,3 +90,45 @@ def test_every_kind_of_method_samples_a_larger_grid(method):
     fn, params = _tiny_sampler(method, grid=(16, 12))
     out = fn(params, jax.random.key(0), jnp.arange(2))
     assert out.shape == (2, 64, 48, 3) and bool(jnp.isfinite(out).all())
+
+
+def test_sde_sampler_reaches_the_target_gaussian():
+    x0 = jax.random.normal(jax.random.key(0), (200_000,))
+    times = sampling.time_grid(400)
+    x1 = sampling.integrate(gaussian_velocity, x0, times, "euler_maruyama", jax.random.key(1), sde_scale=1.0)
+    assert float(x1.mean()) == pytest.approx(MU, abs=0.01)
+    assert float(x1.std()) == pytest.approx(SIGMA, abs=0.015)
+    # It is stochastic: another key gives other samples with the same moments.
+    x2 = sampling.integrate(gaussian_velocity, x0, times, "euler_maruyama", jax.random.key(2), sde_scale=1.0)
+    assert float(jnp.abs(x1 - x2).mean()) > 0.05
+
+
+def test_time_shift_switch():
+    rpe, plain = methods.get_method("rpe2d"), methods.get_method("extrapolation")
+    cfg = sampling.SamplerConfig()
+    assert sampling.shift_alpha(cfg, rpe, 256, 1024) == 2.0
+    assert sampling.shift_alpha(cfg, plain, 256, 1024) == 1.0
+    assert sampling.shift_alpha(sampling.SamplerConfig(time_shift="off"), rpe, 256, 1024) == 1.0
+    assert sampling.shift_alpha(sampling.SamplerConfig(time_shift="3"), plain, 256, 1024) == 3.0
+    with pytest.raises(ValueError, match="positive alpha.*'fast'"):
+        sampling.fixed_shift("fast")
+
+
+def test_guidance_interval_limits_guidance():
+    # With the interval outside [0, 1] guidance never applies: same as cfg_scale = 1.
+    _, params = _tiny_sampler()
+    config = demo.get_config()
+    config.model.depth, config.model.width, config.model.heads = 2, 64, 2
+    graphdef = nnx.graphdef(config_utils.build_model(config, nnx.Rngs(0)))
+    grid, train, limit = (12, 12), config_utils.train_grid(config), config_utils.max_positions(config)
+    rpe = methods.get_method("rpe2d")
+
+    def run(**kw):
+        cfg = sampling.SamplerConfig(steps=2, solver="euler", **kw)
+        return sampling.make_sampler(graphdef, grid, train, limit, rpe, cfg)(
+            params, jax.random.key(0), jnp.arange(2)
+        )
+
+    unguided = run(cfg_scale=1.0)
+    np.testing.assert_allclose(run(cfg_scale=3.0, guidance_interval=(2.0, 3.0)), unguided, atol=1e-5)
+    assert float(jnp.abs(run(cfg_scale=3.0) - unguided).max()) > 1e-3

@@ -1,8 +1,12 @@
-"""ODE samplers with classifier-free guidance on any token grid.
+"""ODE and SDE samplers with classifier-free guidance on any token grid.
 
 Integrates the learned velocity from t = 0 (noise) to t = 1 (data) over a time grid that
 the method may shift towards noise; the method also fixes the positions and the RoPE
 rule, which may depend on t (Lumina-Next). One jitted function per grid and method.
+
+The SDE `dx = [v + g^2/2 score] dt + g dW` has the ODE's marginals for any g; with the
+linear path the score is `-(x - t v) / (1 - t)`, and `g^2 = 2 s (1 - t)` (s =
+`sde_scale`) keeps the drift bounded and the noise vanishing at the data end.
 
 Legend: B batch, H x W image, C channels, N tokens.
 """
@@ -23,38 +27,64 @@ from rpe_jax.diffusion import flow
 class SamplerConfig:
     """Attributes:
     steps: number of solver steps.
-    solver: "euler" or "heun".
+    solver: a name in SOLVERS.
     cfg_scale: guidance scale w (1 disables guidance: no unconditional pass).
+    guidance_interval: (t_lo, t_hi): guidance only for t in this interval.
+    time_shift: "method" (the method's own switch), "off", or a fixed alpha ("2.0").
+    sde_scale: s of the SDE's diffusion g^2 = 2 s (1 - t).
     rope_options: RoPE base and rule constants.
     """
 
     steps: int = 50
     solver: str = "heun"
     cfg_scale: float = 1.0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
+    time_shift: str = "method"
+    sde_scale: float = 1.0
     rope_options: rope_lib.RopeOptions = rope_lib.RopeOptions()
 
 
-def _euler(velocity, x, t0, t1):
+def _euler(velocity, x, t0, t1, key, sde_scale):
+    del key, sde_scale
     return x + (t1 - t0) * velocity(x, t0)
 
 
-def _heun(velocity, x, t0, t1):
+def _heun(velocity, x, t0, t1, key, sde_scale):
+    del key, sde_scale
     v0 = velocity(x, t0)
     x1 = x + (t1 - t0) * v0
     return x + (t1 - t0) * 0.5 * (v0 + velocity(x1, t1))
 
 
-SOLVERS: dict[str, Callable] = {"euler": _euler, "heun": _heun}
+def _euler_maruyama(velocity, x, t0, t1, key, sde_scale):
+    """One Euler-Maruyama step of the marginal-preserving SDE (module docstring)."""
+    v = velocity(x, t0)
+    dt = t1 - t0
+    drift = v - sde_scale * (x - t0 * v)  # v + g^2/2 * score, g^2 = 2 s (1 - t)
+    noise = jnp.sqrt(2 * sde_scale * (1 - t0) * dt) * jax.random.normal(key, x.shape, x.dtype)
+    return x + dt * drift + noise
 
 
-def integrate(velocity: Callable, x: jax.Array, times: jax.Array, solver: str = "heun") -> jax.Array:
-    """Integrates dx/dt = velocity(x, t) over the time grid `times` [S + 1].
+SOLVERS: dict[str, Callable] = {"euler": _euler, "heun": _heun, "euler_maruyama": _euler_maruyama}
+
+
+def integrate(
+    velocity: Callable,
+    x: jax.Array,
+    times: jax.Array,
+    solver: str = "heun",
+    key: jax.Array | None = None,
+    sde_scale: float = 1.0,
+) -> jax.Array:
+    """Integrates dx/dt = velocity(x, t) (or its SDE) over the time grid `times` [S + 1].
 
     Args:
       velocity: (x [B, ...], t []) -> [B, ...].
       x: [B, ...] start (noise at t = times[0]).
       times: [S + 1] increasing times.
       solver: name in SOLVERS.
+      key: PRNG key of the SDE's noise (unused by the ODE solvers).
+      sde_scale: s of the SDE's diffusion.
 
     Returns:
       x at times[-1].
@@ -62,11 +92,41 @@ def integrate(velocity: Callable, x: jax.Array, times: jax.Array, solver: str = 
     if solver not in SOLVERS:
         raise ValueError(f"Unknown solver {solver!r}; choose one of {sorted(SOLVERS)}.")
     step_fn = SOLVERS[solver]
+    key = jax.random.key(0) if key is None else key
 
     def body(i, x):
-        return step_fn(velocity, x, times[i], times[i + 1])
+        return step_fn(velocity, x, times[i], times[i + 1], jax.random.fold_in(key, i), sde_scale)
 
     return jax.lax.fori_loop(0, times.shape[0] - 1, body, x)
+
+
+def fixed_shift(time_shift: str) -> float | None:
+    """Parses SamplerConfig.time_shift: None for "method"/"off", else the fixed alpha.
+
+    Raises:
+      ValueError: anything but "method", "off" or a positive number.
+    """
+    if time_shift in ("method", "off"):
+        return None
+    try:
+        alpha = float(time_shift)
+    except ValueError:
+        alpha = 0.0
+    if alpha <= 0:
+        raise ValueError(
+            f"time_shift must be 'method', 'off' or a positive alpha like '2.0', got {time_shift!r}."
+        )
+    return alpha
+
+
+def shift_alpha(config: SamplerConfig, method: methods_lib.Method, n_train: int, n_test: int) -> float:
+    """The time-shift alpha: the method's `sqrt(N_test / N_train)` switch, off, or fixed."""
+    fixed = fixed_shift(config.time_shift)
+    if fixed is not None:
+        return fixed
+    if config.time_shift == "method" and method.time_shift:
+        return flow.resolution_shift(n_train, n_test)
+    return 1.0
 
 
 def time_grid(steps: int, alpha: float = 1.0) -> jax.Array:
@@ -97,8 +157,8 @@ def make_sampler(
     """
     pos = methods_lib.method_positions(method, grid, max_positions)[None]  # [1, N, 2]
     n_train, n_test = train_grid[0] * train_grid[1], grid[0] * grid[1]
-    alpha = flow.resolution_shift(n_train, n_test) if method.time_shift else 1.0
-    times = time_grid(config.steps, alpha)
+    times = time_grid(config.steps, shift_alpha(config, method, n_train, n_test))
+    lo, hi = config.guidance_interval
 
     def sample(params: nnx.State, key: jax.Array, labels: jax.Array) -> jax.Array:
         model = nnx.merge(graphdef, params)
@@ -122,9 +182,12 @@ def make_sampler(
             if not guided:
                 return v
             cond, uncond = v[:b], v[b:]
-            return uncond + config.cfg_scale * (cond - uncond)
+            scale = jnp.where((t >= lo) & (t <= hi), config.cfg_scale, 1.0)
+            return uncond + scale * (cond - uncond)
 
         shape = (b, grid[0] * cfg.patch, grid[1] * cfg.patch, cfg.in_channels)
-        return integrate(velocity, jax.random.normal(key, shape), times, config.solver)
+        key_start, key_sde = jax.random.split(key)
+        x = jax.random.normal(key_start, shape)
+        return integrate(velocity, x, times, config.solver, key_sde, config.sde_scale)
 
     return jax.jit(sample)
