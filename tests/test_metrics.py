@@ -40,6 +40,11 @@ def test_frechet_distance_matches_pytorch_fid():
     assert expected > 1.0
 
 
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    stats = metrics.feature_stats(_gaussian_features(3, 500, 64))
+    assert metrics.frechet_distance(stats, stats) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_frechet_distance_of_diagonal_gaussians_matches_closed_form():
     rng = np.random.default_rng(2)
     mean_a, mean_b = rng.normal(size=32), rng.normal(size=32)
