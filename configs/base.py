@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.resize_crop_prob = 0.5  # probability of random resize-and-crop
     config.data.max_resize_factor = 2.0  # r ~ U[1, this]; at most max_positions / grid
     config.data.workers = 0  # Grain worker processes (0: in the main process)
+    config.data.read_threads = 16  # Grain read threads per process (file decoding)
     config.data.root = ""  # image_folder / fashion_mnist folder ("": Debian's Fashion-MNIST)
     config.data.tfds_dir = ""  # TFDS data dir of imagenet2012 ("": ~/tensorflow_datasets)
     config.data.latents_dir = ""  # the latents/ folder written by --mode=extract_latents

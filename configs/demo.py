@@ -22,6 +22,7 @@ def get_config():
     config.data.num_classes = 10
     config.data.train_size = 100_000
     config.data.eval_size = 10_000
+    config.data.read_threads = 0  # rendering is cheap: threads cost more than they save
     config.positions.max_positions = 16  # 2 x the 8-token training grid
     config.train.batch_size = 32
     config.train.num_steps = 2_000

@@ -128,7 +128,10 @@ def create_dataset(
     else:
         ds = ds.map(ToModelInput()).random_map(RandomFlip(flip_prob))
         ds = ds.random_map(ResizeAndCrop(crop_prob, config.max_resize_factor, patch))
-    ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+    # Read threads pay off for decoding files; for cheap in-memory sources polling their
+    # futures costs more than the reads (threads 0: 712 -> 1140 procedural examples/s).
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=16 * config.read_threads)
+    ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
     if config.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
     return ds
