@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx, traverse_util
 from safetensors.numpy import load_file, save_file
 
+from rpe_jax.models import inception
 from rpe_jax.models.inception import InceptionFeatures
 
 WEIGHTS_NAME = "classifier.safetensors"
@@ -107,12 +108,7 @@ def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
         pixels = np.arange(in_size)[None, :]  # [1, in]
         overlap = np.minimum(pixels + 1, starts + scale) - np.maximum(pixels, starts)
         return (np.maximum(overlap, 0.0) / scale).astype(np.float32)
-    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
-    frac = (src - low)[:, None]
-    eye = np.eye(in_size)
-    return ((1.0 - frac) * eye[low] + frac * eye[high]).astype(np.float32)
+    return inception.interpolation_matrix(in_size, out_size)
 
 
 def resize_area(images: jax.Array, size: int) -> jax.Array:
@@ -125,16 +121,7 @@ def resize_area(images: jax.Array, size: int) -> jax.Array:
     Returns:
       [B, size, size, C] float32; unchanged (as float32) when already that size.
     """
-    if size < 1:
-        raise ValueError(f"resize size must be positive, got {size}.")
-    x = images.astype(jnp.float32)
-    if x.shape[1] != size:
-        rows = jnp.asarray(_resize_weights(x.shape[1], size))
-        x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=_PRECISION)  # [B, size, W, C]
-    if x.shape[2] != size:
-        cols = jnp.asarray(_resize_weights(x.shape[2], size))
-        x = jnp.einsum("pw,bowc->bopc", cols, x, precision=_PRECISION)  # [B, size, size, C]
-    return x
+    return inception.resize_separable(images, (size, size), _resize_weights)
 
 
 class ConvNorm(nnx.Module):

@@ -59,7 +59,7 @@ class InceptionFeatures(NamedTuple):
     spatial: jax.Array  # [B, 2023] mixed_6/conv channels 0..6, (row, col, channel): sFID
 
 
-def _interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
     """Returns the [out_size, in_size] weights of torch's bilinear, align_corners=False."""
     src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
     low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
@@ -69,30 +69,37 @@ def _interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
     return ((1.0 - frac) * eye[low] + frac * eye[high]).astype(np.float32)
 
 
-def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """Resizes as torch's `F.interpolate(mode="bilinear", align_corners=False)`.
-
-    Half-pixel centres, source coordinates clamped at the border, no antialiasing (unlike
-    `jax.image.resize`, which antialiases when shrinking).
+def resize_separable(images: jax.Array, size: tuple[int, int], weights) -> jax.Array:
+    """Resizes rows then columns with per-axis weight matrices `weights(in, out) -> [out, in]`.
 
     Args:
         images: [B, H, W, C] float.
         size: (height, width) of the output.
 
     Returns:
-        [B, height, width, C] float32.
+        [B, height, width, C] float32; an axis already at its size is left as is.
     """
     height, width = size
     if height < 1 or width < 1:
         raise ValueError(f"resize size must be positive, got {size}.")
     x = images.astype(jnp.float32)
     if x.shape[1] != height:
-        rows = jnp.asarray(_interpolation_matrix(x.shape[1], height))
+        rows = jnp.asarray(weights(x.shape[1], height))
         x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=_PRECISION)  # [B, height, W, C]
     if x.shape[2] != width:
-        cols = jnp.asarray(_interpolation_matrix(x.shape[2], width))
+        cols = jnp.asarray(weights(x.shape[2], width))
         x = jnp.einsum("pw,bowc->bopc", cols, x, precision=_PRECISION)  # [B, height, width, C]
     return x
+
+
+def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Resizes as torch's `F.interpolate(mode="bilinear", align_corners=False)`.
+
+    Half-pixel centres, source coordinates clamped at the border, no antialiasing (unlike
+    `jax.image.resize`, which antialiases when shrinking). images: [B, H, W, C] ->
+    [B, height, width, C] float32.
+    """
+    return resize_separable(images, size, interpolation_matrix)
 
 
 class BasicConv(nnx.Module):
