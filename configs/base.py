@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.b1 = 0.9
     config.train.b2 = 0.999
     config.train.grad_clip = 1.0  # global-norm clipping (0: off)
-    config.train.ema_decay = 0.9999
+    config.train.ema_decay = 0.9999  # at most; warmed up as min(this, (1 + step) / (10 + step))
     config.train.grad_accum_steps = 1  # micro-batches per optimizer step
     config.train.log_every = 100
     config.train.checkpoint_every = 5_000
@@ -94,6 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.distributed.num_processes = config_dict.placeholder(int)
     config.distributed.process_id = config_dict.placeholder(int)
     config.distributed.initialization_timeout = 300  # seconds to wait for every process
+    config.distributed.heartbeat_timeout = 100  # seconds without a heartbeat: a process is dead
+    config.distributed.shutdown_timeout = 300  # seconds to wait for every process at exit
     config.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
 
     config.mesh = ml_collections.ConfigDict()
@@ -109,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.sample.guidance_interval = (0.0, 1.0)  # guide only for t in [lo, hi] (0 = noise)
     # Timestep shift: "method" (each method's own switch), "off", or a fixed alpha ("2.0").
     config.sample.time_shift = "method"
-    config.sample.num_images = 16  # images per grid written during training
+    config.sample.num_images = 16  # images per grid written during training (0: none)
     config.sample.watershed = 0.3  # Lumina-Next's PI -> NTK switch time
     config.sample.num_samples = 50_000  # --mode=sample: images per resolution and method
     config.sample.batch_size = 64  # images per sampling batch (global)

@@ -13,10 +13,11 @@ Legend: B batch, H x W image, F features.
 
 import csv
 import dataclasses
+import functools
 import glob
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import jax
 import matplotlib
@@ -25,7 +26,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from rpe_jax import config_utils, feature_extractor, metrics
+from rpe_jax import config_utils, distributed, feature_extractor, metrics
 from rpe_jax.data import sources
 from rpe_jax.progress import Progress
 
@@ -47,34 +48,51 @@ class FeatureSet:
     logits: np.ndarray  # [N, classes]
 
 
-def extract(extractor, batches: Iterator[np.ndarray], total: int, name: str) -> FeatureSet:
-    """Runs the extractor over batches of images [B, H, W, 3] float in [0, 1]."""
-    pool, logits = [], []
-    pool_acc, spatial_acc = metrics.StatsAccumulator(), metrics.StatsAccumulator()
-    progress = Progress(total, name, unit="batches")
-    for images in batches:
-        features = jax.device_get(extractor(images))
+def extract(extractor, load_batch: Callable[[int], np.ndarray], num_batches: int, name: str) -> FeatureSet:
+    """Features of batches 0 .. num_batches - 1, split over processes and gathered.
+
+    Args:
+      extractor: images [B, H, W, 3] float in [0, 1] -> InceptionFeatures.
+      load_batch: batch index -> its images [B, H, W, 3] float in [0, 1].
+
+    Returns:
+      The FeatureSet of all batches (rows in batch order), on every process.
+    """
+    mine = distributed.my_share(list(range(num_batches)))
+    if not mine:
+        raise ValueError(
+            f"{name}: {num_batches} batches cannot keep {jax.process_count()} processes busy; "
+            "lower config.eval.batch_size or use more samples."
+        )
+    pool, logits, order = [], [], []
+    spatial = metrics.StatsAccumulator()
+    progress = Progress(len(mine), name, unit="batches")
+    for index in mine:
+        features = jax.device_get(extractor(load_batch(index)))
         pool.append(np.asarray(features.pool))
         logits.append(np.asarray(features.logits))
-        pool_acc.update(pool[-1])
-        spatial_acc.update(np.asarray(features.spatial))
+        order.append(np.full(len(pool[-1]), index))
+        spatial.update(np.asarray(features.spatial))
         progress.update()
-    return FeatureSet(np.concatenate(pool), pool_acc.result(), spatial_acc.result(), np.concatenate(logits))
+    rows = np.argsort(distributed.allgather_rows(np.concatenate(order)), kind="stable")
+    pool = distributed.allgather_rows(np.concatenate(pool))[rows]
+    logits = distributed.allgather_rows(np.concatenate(logits))[rows]
+    return FeatureSet(pool, metrics.feature_stats(pool), _gathered_stats(spatial), logits)
 
 
-def _batched(images: Iterator[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    buffer = []
-    for image in images:
-        buffer.append(image)
-        if len(buffer) == batch_size:
-            yield np.stack(buffer)
-            buffer = []
-    if buffer:
-        yield np.stack(buffer)
+def _gathered_stats(local: metrics.StatsAccumulator) -> metrics.FeatureStats:
+    """Statistics of every process's accumulated features."""
+    count, mean, m2 = local.moments()
+    counts = distributed.allgather_rows(np.array([count]))
+    means, m2s = distributed.allgather_rows(mean[None]), distributed.allgather_rows(m2[None])
+    total = metrics.StatsAccumulator()
+    for moments in zip(counts, means, m2s, strict=True):
+        total.merge(*moments)
+    return total.result()
 
 
-def real_images(config: ml_collections.ConfigDict, resolution, count: int) -> Iterator[np.ndarray]:
-    """The first `count` reference images at `resolution`: [H, W, 3] float in [0, 1]."""
+def reference_source(config: ml_collections.ConfigDict, resolution, count: int):
+    """The reference images' source at `resolution`; items {"image": [H, W, 3] in [0, 1]}."""
     name = config.eval.reference_source or config.data.source
     if name not in sources.SOURCES:
         raise ValueError(
@@ -85,16 +103,17 @@ def real_images(config: ml_collections.ConfigDict, resolution, count: int) -> It
         raise ValueError(
             f"Reference source {name!r} has {len(source)} images; config.eval.num_reference={count}."
         )
-    return (np.asarray(source[i]["image"], np.float32) for i in range(count))
+    return source
 
 
 def reference_features(config, resolution, extractor, workdir: str) -> FeatureSet:
-    """Features of the reference set at `resolution`, cached in `<workdir>/eval/reference`."""
-    n = config.eval.num_reference
+    """Features of the first `eval.num_reference` reference images at `resolution`,
+    cached in `<workdir>/eval/reference`."""
+    n, b = config.eval.num_reference, config.eval.batch_size
     source = config.eval.reference_source or config.data.source
     tag = f"{source}_{config.eval.reference_split}_{config_utils.resolution_name(resolution)}"
     path = os.path.join(workdir, "eval", "reference", f"{tag}_{config.eval.extractor}_{n}.npz")
-    if os.path.exists(path):
+    if distributed.exists_on_process_0([path])[0]:
         data = np.load(path)
         return FeatureSet(
             data["pool"],
@@ -102,17 +121,23 @@ def reference_features(config, resolution, extractor, workdir: str) -> FeatureSe
             metrics.FeatureStats(data["spatial_mu"], data["spatial_sigma"], n),
             data["logits"],
         )
-    batches = _batched(real_images(config, resolution, n), config.eval.batch_size)
-    features = extract(extractor, batches, -(-n // config.eval.batch_size), f"reference {tag}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(
-        path + ".tmp.npz",
-        pool=features.pool,
-        logits=features.logits,
-        spatial_mu=features.spatial_stats.mean,
-        spatial_sigma=features.spatial_stats.cov,
-    )
-    os.replace(path + ".tmp.npz", path)
+    images = reference_source(config, resolution, n)
+
+    def load_batch(i: int) -> np.ndarray:
+        indices = range(i * b, min(n, (i + 1) * b))
+        return np.stack([np.asarray(images[j]["image"], np.float32) for j in indices])
+
+    features = extract(extractor, load_batch, -(-n // b), f"reference {tag}")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(
+            path + ".tmp.npz",
+            pool=features.pool,
+            logits=features.logits,
+            spatial_mu=features.spatial_stats.mean,
+            spatial_sigma=features.spatial_stats.cov,
+        )
+        os.replace(path + ".tmp.npz", path)
     return features
 
 
@@ -124,13 +149,16 @@ def generated_files(workdir: str, method: str, resolution) -> list[str]:
     return files
 
 
-def generated_images(files: list[str], size=None) -> Iterator[np.ndarray]:
-    """Sample batches as float [0, 1], optionally resized to size = (H, W)."""
-    for path in files:
-        images = np.load(path)["images"]
-        if size is not None and images.shape[1:3] != tuple(size):
-            images = np.stack([_resize_uint8(im, size) for im in images])
-        yield images.astype(np.float32) / 255.0
+def generated_batch(path: str, size=None) -> np.ndarray:
+    """One sample batch file as float [0, 1] [B, H, W, 3], optionally resized to (H, W)."""
+    images = np.load(path)["images"]
+    if size is not None and images.shape[1:3] != tuple(size):
+        images = np.stack([_resize_uint8(im, size) for im in images])
+    return images.astype(np.float32) / 255.0
+
+
+def _load_generated(files: list[str], size, index: int) -> np.ndarray:
+    return generated_batch(files[index], size)
 
 
 def _resize_uint8(image: np.ndarray, size) -> np.ndarray:
@@ -171,7 +199,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             candidates.append((RESIZED_BASELINE, files, resolution))
         for method, files, size in candidates:
             name = f"{method} {config_utils.resolution_name(resolution)}"
-            generated = extract(extractor, generated_images(files, size), len(files), name)
+            load = functools.partial(_load_generated, files, size)
+            generated = extract(extractor, load, len(files), name)
             row = {"method": method, "resolution": config_utils.resolution_name(resolution)}
             row["tokens"] = int(np.prod(config_utils.token_grid(config, resolution)))
             row.update(score(reference, generated, config.eval.pr_k))

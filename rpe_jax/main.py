@@ -31,8 +31,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = FLAGS.config
-    config_utils.validate(config)  # fail fast, before any device work
-    distributed.initialize(config)
+    distributed.initialize(config)  # first: it must precede any JAX computation
+    config_utils.validate(config)  # fail fast, before any training work
     logging.info(
         "Process %d/%d; %d local and %d global devices (%s).",
         jax.process_index(),

@@ -200,13 +200,34 @@ class StatsAccumulator:
             raise ValueError(f"batch has F={array.shape[1]} but earlier batches had F={self._mean.shape[0]}.")
         batch_mean = array.mean(axis=0)
         centred = array - batch_mean
-        batch_m2 = centred.T @ centred
-        if self._mean is None:
-            self._count, self._mean, self._m2 = array.shape[0], batch_mean, batch_m2
+        self.merge(array.shape[0], batch_mean, centred.T @ centred)
+
+    def merge(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        """Adds the moments of another set of samples (e.g. another process's `moments()`).
+
+        Args:
+          count: number of samples (0: nothing is added).
+          mean: [F] their mean.
+          m2: [F, F] their centred scatter matrix sum_i (x_i - mean)(x_i - mean)^T.
+        """
+        if count == 0:
             return
-        self._count, self._mean, self._m2 = _merge_moments(
-            self._count, self._mean, self._m2, array.shape[0], batch_mean, batch_m2
-        )
+        if self._mean is None:
+            self._count, self._mean, self._m2 = int(count), np.asarray(mean), np.asarray(m2)
+            return
+        if np.shape(mean) != self._mean.shape:
+            raise ValueError(f"merged moments have F={np.shape(mean)} but earlier ones {self._mean.shape}.")
+        self._count, self._mean, self._m2 = _merge_moments(self._count, self._mean, self._m2, count, mean, m2)
+
+    def moments(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(count, mean [F], m2 [F, F]) of everything seen, for `merge` elsewhere.
+
+        Raises:
+          ValueError: if nothing was seen yet.
+        """
+        if self._mean is None:
+            raise ValueError("no samples seen yet.")
+        return self._count, self._mean, self._m2
 
     def result(self) -> FeatureStats:
         """Statistics of everything seen, ddof=1 as `np.cov`.

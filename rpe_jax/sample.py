@@ -12,9 +12,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from PIL import Image
+from jax.experimental import multihost_utils
+from PIL import Image, ImageDraw, ImageFont
 
-from rpe_jax import config_utils, train_state
+from rpe_jax import config_utils, distributed, sharding, train_state
 from rpe_jax import methods as methods_lib
 from rpe_jax.diffusion import sampling
 from rpe_jax.models import vae as vae_lib
@@ -40,24 +41,49 @@ def save_png(image: np.ndarray, path: str) -> None:
     Image.fromarray(image).save(path)
 
 
+def labelled_panels(panels: list[np.ndarray], titles: list[str], gap: int = 4) -> np.ndarray:
+    """Image grids [H_i, W_i, 3] side by side, each under its title, on a white canvas."""
+    title_height = 12
+    height = max(p.shape[0] for p in panels) + title_height
+    width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    left = 0
+    for panel, title in zip(panels, titles, strict=True):
+        canvas.paste(Image.fromarray(panel), (left, title_height))
+        draw.text((left + 1, 0), title, fill="black", font=ImageFont.load_default())
+        left += panel.shape[1] + gap
+    return np.asarray(canvas)
+
+
 class GridSampler:
-    """One jitted sampler per (resolution, method), compiled on first use.
+    """One jitted sampler per (resolution, method), compiled on first use, run over the
+    whole mesh: every process calls `images` together and gets every image back.
 
     Args:
       config: the experiment config (model, positions, sample sections).
       graphdef: the DiT's graph definition.
+      mesh: the mesh the parameters live on; sample batches are split over its devices.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
+    def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
         self.config = config
         self.graphdef = graphdef
+        self.mesh = mesh
         self.train_grid = config_utils.train_grid(config)
         self.max_positions = config_utils.max_positions(config)
         self.sampler_config = config_utils.sampler_config(config)
         self._samplers = {}
 
-    def images(self, params: nnx.State, resolution, method: str, labels: jax.Array, key: jax.Array):
-        """Samples [B, H, W, C] model-space outputs (pixels in [-1, 1] or latents)."""
+    def images(self, params: nnx.State, resolution, method: str, labels: np.ndarray, key: jax.Array):
+        """Samples model-space outputs (pixels in [-1, 1] or latents).
+
+        Args:
+          labels: [B] class ids, the same on every process.
+
+        Returns:
+          [B, H, W, C] float32 NumPy array, on every process.
+        """
         cache_key = (tuple(resolution), method)
         if cache_key not in self._samplers:
             self._samplers[cache_key] = sampling.make_sampler(
@@ -68,11 +94,19 @@ class GridSampler:
                 methods_lib.get_method(method),
                 self.sampler_config,
             )
-        return self._samplers[cache_key](params, key, labels)
+        # Pad to a whole number of rows per device; sample i does not depend on the padding.
+        b = len(labels)
+        padded = np.zeros(-(-b // self.mesh.size) * self.mesh.size, np.int32)
+        padded[:b] = labels
+        batch = sharding.batch_sharding(self.mesh)
+        global_labels = jax.make_array_from_callback(padded.shape, batch, lambda index: padded[index])
+        out = self._samplers[cache_key](params, key, global_labels)
+        return multihost_utils.process_allgather(out, tiled=True)[:b]
 
 
 def write_sample_grids(sampler: GridSampler, params: nnx.State, step: int, workdir: str) -> list[str]:
-    """Writes one PNG grid per configured resolution and method; returns the paths.
+    """Writes one PNG per configured resolution, the methods side by side; returns the
+    paths (process 0 writes; every process samples).
 
     The labels cycle through the classes and the noise key is fixed, so grids of
     different steps, resolutions and methods are comparable.
@@ -82,17 +116,22 @@ def write_sample_grids(sampler: GridSampler, params: nnx.State, step: int, workd
         logging.warning("Sample grids of latent runs need the VAE decoder; skipped at step %d.", step)
         return []
     n = config.sample.num_images
-    labels = jnp.arange(n, dtype=jnp.int32) % config.data.num_classes
+    if n == 0:
+        return []
+    labels = np.arange(n, dtype=np.int32) % config.data.num_classes
     key = jax.random.key(config.seed + 1)
     columns = min(n, config.data.num_classes)
     paths = []
     for resolution in config_utils.sample_resolutions(config):
-        for method in config.sample.methods:
-            images = to_uint8(sampler.images(params, resolution, method, labels, key))
-            name = f"step_{step:07d}_{config_utils.resolution_name(resolution)}_{method}.png"
-            path = os.path.join(workdir, "samples", name)
-            save_png(image_grid(images, columns), path)
-            paths.append(path)
+        panels = [
+            image_grid(to_uint8(sampler.images(params, resolution, method, labels, key)), columns)
+            for method in config.sample.methods
+        ]
+        name = f"step_{step:07d}_{config_utils.resolution_name(resolution)}.png"
+        path = os.path.join(workdir, "samples", name)
+        if jax.process_index() == 0:
+            save_png(labelled_panels(panels, list(config.sample.methods)), path)
+        paths.append(path)
     return paths
 
 
@@ -107,10 +146,10 @@ def _decoder(config: ml_collections.ConfigDict):
     return functools.partial(decode, vae)
 
 
-def _batch_labels(config: ml_collections.ConfigDict, index: int) -> jax.Array:
+def _batch_labels(config: ml_collections.ConfigDict, index: int) -> np.ndarray:
     """Balanced labels for sample batch `index`: the class sequence 0, 1, ... C-1, ..."""
     b = config.sample.batch_size
-    return (jnp.arange(index * b, (index + 1) * b) % config.data.num_classes).astype(jnp.int32)
+    return (np.arange(index * b, (index + 1) * b) % config.data.num_classes).astype(np.int32)
 
 
 def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -118,22 +157,21 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     Files: `<workdir>/generated/<method>/<HxW>/batch_%05d.npz` (uint8 `images`
     [B, H, W, 3], int32 `labels`) and a `grid.png` of the first batch. Batches already
-    on disk are skipped, so an interrupted run resumes; each process takes every
-    process_count-th batch.
+    on disk are skipped, so an interrupted run resumes. Every batch is split over all
+    devices of all processes; process 0 decodes and writes it, so the files do not
+    depend on the process count.
     """
+    mesh = sharding.make_mesh(config.mesh.shape)
     graphdef, params, step = train_state.restore_ema_params(config, workdir, config.sample.checkpoint_step)
-    sampler = GridSampler(config, graphdef)
-    decode = _decoder(config)
+    sampler = GridSampler(config, graphdef, mesh)
+    decode = _decoder(config) if jax.process_index() == 0 else None
     num_batches = -(-config.sample.num_samples // config.sample.batch_size)
     for method in config.sample.methods:
         for resolution in config_utils.sample_resolutions(config):
             out_dir = os.path.join(workdir, "generated", method, config_utils.resolution_name(resolution))
             os.makedirs(out_dir, exist_ok=True)
-            todo = [
-                i
-                for i in range(jax.process_index(), num_batches, jax.process_count())
-                if not os.path.exists(os.path.join(out_dir, f"batch_{i:05d}.npz"))
-            ]
+            paths = [os.path.join(out_dir, f"batch_{i:05d}.npz") for i in range(num_batches)]
+            todo = [i for i, done in enumerate(distributed.exists_on_process_0(paths)) if not done]
             logging.info(
                 "%s at %s (step %d): %d of %d batches to do.",
                 method,
@@ -142,18 +180,18 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
                 len(todo),
                 num_batches,
             )
-            _generate_batches(config, sampler, decode, params, resolution, method, todo, out_dir)
+            progress = Progress(len(todo), f"{method} {config_utils.resolution_name(resolution)}")
+            for index in todo:
+                labels = _batch_labels(config, index)
+                key = jax.random.fold_in(jax.random.key(config.seed), index)
+                images = sampler.images(params, resolution, method, labels, key)
+                if decode is not None:
+                    _write_batch(to_uint8(decode(images)), labels, paths[index], index == 0)
+                progress.update(len(labels))
 
 
-def _generate_batches(config, sampler, decode, params, resolution, method, todo, out_dir) -> None:
-    progress = Progress(len(todo), f"{method} {config_utils.resolution_name(resolution)}")
-    for index in todo:
-        key = jax.random.fold_in(jax.random.key(config.seed), index)
-        labels = _batch_labels(config, index)
-        images = to_uint8(decode(sampler.images(params, resolution, method, labels, key)))
-        path = os.path.join(out_dir, f"batch_{index:05d}.npz")
-        np.savez(path + ".tmp.npz", images=images, labels=np.asarray(labels))
-        os.replace(path + ".tmp.npz", path)  # a batch file exists only when complete
-        if index == 0:
-            save_png(image_grid(images[:64], 8), os.path.join(out_dir, "grid.png"))
-        progress.update(images.shape[0])
+def _write_batch(images: np.ndarray, labels: np.ndarray, path: str, with_grid: bool) -> None:
+    np.savez(path + ".tmp.npz", images=images, labels=labels)
+    os.replace(path + ".tmp.npz", path)  # a batch file exists only when complete
+    if with_grid:
+        save_png(image_grid(images[:64], 8), os.path.join(os.path.dirname(path), "grid.png"))

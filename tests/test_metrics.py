@@ -110,6 +110,24 @@ def test_streaming_stats_match_one_shot_numpy():
     np.testing.assert_allclose(stats.cov, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-12)
 
 
+def test_moments_of_shards_merge_to_the_whole():
+    # As evaluation does over processes: each shard accumulates, the moments are merged.
+    features = _gaussian_features(6, 300, 5, shift=50.0)
+    shards = [features[:7], features[7:7], features[7:200], features[200:]]
+    whole = metrics.StatsAccumulator()
+    for shard in shards:
+        part = metrics.StatsAccumulator()
+        if len(shard):
+            part.update(shard)
+            whole.merge(*part.moments())
+        else:
+            whole.merge(0, np.zeros(5), np.zeros((5, 5)))  # an idle process adds nothing
+    np.testing.assert_allclose(whole.result().cov, np.cov(features, rowvar=False), rtol=1e-10)
+    np.testing.assert_allclose(whole.result().mean, features.mean(axis=0), rtol=1e-12)
+    with pytest.raises(ValueError, match="no samples seen yet"):
+        metrics.StatsAccumulator().moments()
+
+
 def test_stats_save_load_round_trip(tmp_path):
     stats = metrics.feature_stats(_gaussian_features(5, 20, 4))
     path = tmp_path / "ref_stats.npz"

@@ -108,8 +108,21 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
         seen.append({_digest(x) for _ in range(5) for x in next(it)["x"]})
     assert len(seen[0]) == len(seen[1]) == 20
     assert not seen[0] & seen[1]
-    whole = iter(_dataset(config, batch_size=40))
-    assert seen[0] | seen[1] == {_digest(x) for x in next(whole)["x"]}
+    whole = iter(_dataset(config, batch_size=8))
+    assert seen[0] | seen[1] == {_digest(x) for _ in range(5) for x in next(whole)["x"]}
+
+
+def test_process_batches_concatenate_to_the_single_process_batch():
+    # Augmented, so equal batches also need equal flips and crops per example.
+    config = _config(resize_crop_prob=0.7, flip_prob=0.5)
+    whole = iter(_dataset(config, batch_size=8))
+    parts = [iter(_dataset(config, batch_size=2, process_index=p, process_count=4)) for p in range(4)]
+    for _ in range(3):
+        want = next(whole)
+        got = [next(it) for it in parts]
+        for key in want:
+            np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
+    assert float(want["micro"][:, 0].max()) > 1.0, "some examples are resized"
 
 
 def test_epochs_are_reshuffled():

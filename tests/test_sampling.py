@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from rpe_jax import config_utils, methods, sharding
+from rpe_jax import config_utils, methods, sample, sharding
 from rpe_jax.diffusion import flow, sampling
 
 MU, SIGMA = 1.5, 0.5  # data ~ N(MU, SIGMA^2), noise ~ N(0, 1)
@@ -55,7 +55,7 @@ def test_time_shift():
     assert flow.resolution_shift(256, 1024) == 2.0
 
 
-def _tiny_sampler(method="rpe2d", grid=(12, 12)):
+def _tiny_sampler(method="rpe2d", grid=(12, 12), solver="heun"):
     config = demo.get_config()
     config.model.depth, config.model.width, config.model.heads = 2, 64, 2
     model = config_utils.build_model(config, nnx.Rngs(0))
@@ -67,7 +67,7 @@ def _tiny_sampler(method="rpe2d", grid=(12, 12)):
         config_utils.train_grid(config),
         config_utils.max_positions(config),
         methods.get_method(method),
-        sampling.SamplerConfig(steps=3, solver="heun", cfg_scale=2.0),
+        sampling.SamplerConfig(steps=3, solver=solver, cfg_scale=2.0),
     )
     return fn, params
 
@@ -83,6 +83,31 @@ def test_sampling_is_deterministic_and_the_same_on_1_and_8_devices():
     sharded = jax.device_put(params, sharding.state_shardings(params, mesh))
     b = fn(sharded, jax.random.key(3), jax.device_put(labels, sharding.batch_sharding(mesh)))
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler_maruyama"])
+def test_a_sample_does_not_depend_on_the_batch_around_it(solver):
+    fn, params = _tiny_sampler(solver=solver)
+    labels = jnp.array([3, 1, 4, 1, 5, 9])
+    whole = fn(params, jax.random.key(3), labels)
+    np.testing.assert_allclose(fn(params, jax.random.key(3), labels[:4]), whole[:4], atol=1e-5)
+    assert float(jnp.abs(whole[1] - whole[3]).max()) > 0.1, "same label, different noise"
+
+
+def test_grid_sampler_pads_to_the_mesh_and_returns_every_image():
+    config = demo.get_config()
+    config.model.depth, config.model.width, config.model.heads = 2, 64, 2
+    config.sample.steps = 2
+    model = config_utils.build_model(config, nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    mesh = sharding.make_mesh((4, 2))
+    sampler = sample.GridSampler(config, graphdef, mesh)
+    params = jax.device_put(params, sharding.state_shardings(params, mesh))
+    labels = np.arange(5, dtype=np.int32)  # 5 rows on 8 devices: padded to 8
+    out = sampler.images(params, (48, 48), "rpe2d", labels, jax.random.key(0))
+    assert isinstance(out, np.ndarray) and out.shape == (5, 48, 48, 3)
+    np.testing.assert_allclose(sampler.images(params, (48, 48), "rpe2d", labels[:3], jax.random.key(0)),
+                               out[:3], atol=1e-5)  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["lumina_next", "yarn", "rpe2d_contiguous"])

@@ -7,8 +7,10 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import demo
 from rpe_jax import checkpoint, sharding, train, train_state
@@ -102,7 +104,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     # The saved iterator of both runs points at the same next batch.
     for run in ("full", "resumed"):
         assert os.path.exists(tmp_path / run / "checkpoints" / "4" / "data")
-    assert sorted(os.listdir(tmp_path / "full" / "samples")) == ["step_0000004_32x32_rpe2d.png"]
+    assert sorted(os.listdir(tmp_path / "full" / "samples")) == ["step_0000004_32x32.png"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -119,13 +121,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
-def _cli(workdir, *overrides):
+def _cli(workdir, *overrides, methods="('rpe2d',)"):
     args = [
         sys.executable, "-m", "rpe_jax.main", f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
         "--config.model.depth=2", "--config.model.width=64", "--config.model.heads=2",
         "--config.train.batch_size=8", "--config.train.log_every=2", "--config.sample.num_images=2",
         "--config.sample.steps=1", "--config.sample.resolutions=(32, 64)",
-        "--config.sample.methods=('rpe2d',)", *overrides,
+        f"--config.sample.methods={methods}", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
     return subprocess.Popen(
@@ -134,15 +136,16 @@ def _cli(workdir, *overrides):
 
 
 def test_cli_trains_and_writes_checkpoint_metrics_and_samples(tmp_path):
-    proc = _cli(tmp_path, "--config.train.num_steps=4", "--config.train.checkpoint_every=2")
+    methods = "('rpe2d', 'extrapolation')"
+    proc = _cli(tmp_path, "--config.train.num_steps=4", "--config.train.checkpoint_every=2", methods=methods)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
-    assert sorted(os.listdir(tmp_path / "samples")) == [
-        "step_0000004_32x32_rpe2d.png",
-        "step_0000004_64x64_rpe2d.png",
-    ]
+    assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000004_32x32.png", "step_0000004_64x64.png"]
+    for side in (32, 64):  # two methods side by side: 2 images of `side` px each, 4 px apart
+        png = np.asarray(Image.open(tmp_path / "samples" / f"step_0000004_{side}x{side}.png"))
+        assert png.shape == (12 + side, 2 * (2 * side) + 4, 3)
     assert "train_loss" in out
 
 
@@ -220,3 +223,10 @@ def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(tmp_p
     config.train.init_from = str(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="missing.*no checkpoint"):
         train.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+def test_ema_decay_warms_up_to_the_configured_value():
+    # (1 + step) / (10 + step), worked by hand, capped at the configured decay.
+    np.testing.assert_allclose(
+        [float(train.ema_decay(jnp.int32(s), 0.999)) for s in (0, 90, 10**6)], [0.1, 0.91, 0.999], rtol=1e-6
+    )

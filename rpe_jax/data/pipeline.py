@@ -1,4 +1,4 @@
-"""Grain input pipeline: source -> shuffle -> per-process shard -> transforms -> batches.
+"""Grain input pipeline: source -> shuffle -> transforms -> batches -> this process's block.
 
 Every example leaves the pipeline as
   {"x": [H, W, C] float32 in [-1, 1], "label": int32,
@@ -118,8 +118,9 @@ def create_dataset(
       An infinite IterDataset of dict batches; its iterator's state is checkpointable.
     """
     source = make_source(config, split, resolution)
-    ds = grain.MapDataset.source(source).seed(config.seed).shuffle()
-    ds = ds[process_index::process_count].repeat(None)
+    # Transforms run on the global (shuffled, repeated) index, before the process split,
+    # so every example gets the same augmentation whatever the process count.
+    ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
     flip_prob = config.flip_prob if augment else 0.0
     crop_prob = config.resize_crop_prob if augment else 0.0
     if config.source == "latents":  # resize-and-crop picks one of the stored factors
@@ -128,10 +129,15 @@ def create_dataset(
     else:
         ds = ds.map(ToModelInput()).random_map(RandomFlip(flip_prob))
         ds = ds.random_map(ResizeAndCrop(crop_prob, config.max_resize_factor, patch))
+    # Global batch g is blocks g * P ... g * P + P - 1 of `batch_size` consecutive
+    # examples; process p takes block p. Concatenated in process order (as
+    # jax.make_array_from_process_local_data does), the local batches are exactly the
+    # batch a single process would read.
+    ds = ds.batch(batch_size, drop_remainder=True)[process_index::process_count]
     # Read threads pay off for decoding files; for cheap in-memory sources polling their
     # futures costs more than the reads (threads 0: 712 -> 1140 procedural examples/s).
-    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=16 * config.read_threads)
-    ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2 * config.read_threads)
+    ds = ds.to_iter_dataset(read)
     if config.workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.workers))
     return ds

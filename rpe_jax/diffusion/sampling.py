@@ -56,12 +56,25 @@ def _heun(velocity, x, t0, t1, key, sde_scale):
     return x + (t1 - t0) * 0.5 * (v0 + velocity(x1, t1))
 
 
+def normal_like(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Standard normal noise shaped like x [B, ...] from one key, or from one key per
+    sample (`key` [B]: sample i's noise then depends on its own key only)."""
+    if key.ndim == 0:
+        return jax.random.normal(key, x.shape, x.dtype)
+    return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(key)
+
+
+def _fold_in(key: jax.Array, i) -> jax.Array:
+    """fold_in of one key or of each of a batch of keys."""
+    return jax.random.fold_in(key, i) if key.ndim == 0 else jax.vmap(jax.random.fold_in, (0, None))(key, i)
+
+
 def _euler_maruyama(velocity, x, t0, t1, key, sde_scale):
     """One Euler-Maruyama step of the marginal-preserving SDE (module docstring)."""
     v = velocity(x, t0)
     dt = t1 - t0
     drift = v - sde_scale * (x - t0 * v)  # v + g^2/2 * score, g^2 = 2 s (1 - t)
-    noise = jnp.sqrt(2 * sde_scale * (1 - t0) * dt) * jax.random.normal(key, x.shape, x.dtype)
+    noise = jnp.sqrt(2 * sde_scale * (1 - t0) * dt) * normal_like(key, x)
     return x + dt * drift + noise
 
 
@@ -83,7 +96,7 @@ def integrate(
       x: [B, ...] start (noise at t = times[0]).
       times: [S + 1] increasing times.
       solver: name in SOLVERS.
-      key: PRNG key of the SDE's noise (unused by the ODE solvers).
+      key: PRNG key of the SDE's noise, one or one per sample [B] (unused by the ODEs).
       sde_scale: s of the SDE's diffusion.
 
     Returns:
@@ -95,7 +108,7 @@ def integrate(
     key = jax.random.key(0) if key is None else key
 
     def body(i, x):
-        return step_fn(velocity, x, times[i], times[i + 1], jax.random.fold_in(key, i), sde_scale)
+        return step_fn(velocity, x, times[i], times[i + 1], _fold_in(key, i), sde_scale)
 
     return jax.lax.fori_loop(0, times.shape[0] - 1, body, x)
 
@@ -153,7 +166,9 @@ def make_sampler(
       config: solver settings.
 
     Returns:
-      sample(params, key, labels [B]) -> [B, n_h P, n_w P, C] float32.
+      sample(params, key, labels [B]) -> [B, n_h P, n_w P, C] float32. Sample i uses
+      the keys `fold_in(key, i)` only, so it does not depend on the batch around it
+      (its size, padding, or how it is split over devices and processes).
     """
     pos = methods_lib.method_positions(method, grid, max_positions)[None]  # [1, N, 2]
     n_train, n_test = train_grid[0] * train_grid[1], grid[0] * grid[1]
@@ -186,8 +201,8 @@ def make_sampler(
             return uncond + scale * (cond - uncond)
 
         shape = (b, grid[0] * cfg.patch, grid[1] * cfg.patch, cfg.in_channels)
-        key_start, key_sde = jax.random.split(key)
-        x = jax.random.normal(key_start, shape)
-        return integrate(velocity, x, times, config.solver, key_sde, config.sde_scale)
+        keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(jnp.arange(b))
+        x = normal_like(keys[:, 0], jax.ShapeDtypeStruct(shape, jnp.float32))
+        return integrate(velocity, x, times, config.solver, keys[:, 1], config.sde_scale)
 
     return jax.jit(sample)
