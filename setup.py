@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "flax==0.12.8",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "etils[epath]>=1.15,<2",  # local and gs:// paths (rpe_jax/paths.py); also used by Orbax
     "grain==0.2.18",
     "ml-collections==1.1.0",
     "tensorflow-datasets==4.9.10",
@@ -34,9 +35,14 @@ EXTRAS_REQUIRE = {
         "torchvision==0.29.1",
         "pytorch-fid==0.3.0",
         "diffusers==0.42.1",
+        # The Colab notebook, executed headless (tests/test_notebook.py).
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
     "gpu": ["jax[cuda12]==0.10.2"],
-    "tpu": ["jax[tpu]==0.10.2"],
+    # Orbax reaches gs:// checkpoint folders through google-cloud-storage.
+    "tpu": ["jax[tpu]==0.10.2", "google-cloud-storage==3.17.1"],
 }
 
 setup(

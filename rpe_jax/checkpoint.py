@@ -4,21 +4,22 @@ One `CheckpointManager` per workdir; each step saves a Composite of the (sharded
 train state and the data iterator, so a resumed run continues on the exact next batch.
 """
 
-import os
-
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from rpe_jax import paths
+
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    """The manager of `<workdir>/checkpoints` (local or gs://)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.train.keep_checkpoints,
         enable_async_checkpointing=config.train.async_checkpoint,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(paths.workdir_path(workdir) / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:

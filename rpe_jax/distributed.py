@@ -6,11 +6,10 @@
   - "explicit": coordinator address, process count and process id from the config.
 """
 
-import os
-
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 MODES = ("none", "auto", "explicit")
@@ -79,10 +78,10 @@ def my_share(items: list) -> list:
     return items[jax.process_index() :: jax.process_count()]
 
 
-def exists_on_process_0(paths: list[str]) -> list[bool]:
-    """Whether each path exists, as process 0 sees it, on every process (so that all
-    processes skip the same finished work even when their views of the disk differ)."""
-    exists = np.array([os.path.exists(p) for p in paths], np.int32)
+def exists_on_process_0(paths: list[epath.PathLike]) -> list[bool]:
+    """Whether each path (local or gs://) exists, as process 0 sees it, on every process (so
+    that all processes skip the same finished work even when their views of the disk differ)."""
+    exists = np.array([epath.Path(p).exists() for p in paths], np.int32)
     if jax.process_count() > 1:
         exists = np.asarray(multihost_utils.broadcast_one_to_all(exists))
     return [bool(e) for e in exists]

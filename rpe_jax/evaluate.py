@@ -14,9 +14,8 @@ Legend: B batch, H x W image, F features.
 import csv
 import dataclasses
 import functools
-import glob
+import io
 import json
-import os
 from collections.abc import Callable
 
 import jax
@@ -24,9 +23,10 @@ import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
-from rpe_jax import config_utils, distributed, feature_extractor, metrics
+from rpe_jax import config_utils, distributed, feature_extractor, metrics, paths
 from rpe_jax.data import sources
 from rpe_jax.progress import Progress
 
@@ -112,9 +112,9 @@ def reference_features(config, resolution, extractor, workdir: str) -> FeatureSe
     n, b = config.eval.num_reference, config.eval.batch_size
     source = config.eval.reference_source or config.data.source
     tag = f"{source}_{config.eval.reference_split}_{config_utils.resolution_name(resolution)}"
-    path = os.path.join(workdir, "eval", "reference", f"{tag}_{config.eval.extractor}_{n}.npz")
+    path = epath.Path(workdir) / "eval" / "reference" / f"{tag}_{config.eval.extractor}_{n}.npz"
     if distributed.exists_on_process_0([path])[0]:
-        data = np.load(path)
+        data = paths.read_npz(path)
         return FeatureSet(
             data["pool"],
             metrics.feature_stats(data["pool"]),
@@ -129,35 +129,33 @@ def reference_features(config, resolution, extractor, workdir: str) -> FeatureSe
 
     features = extract(extractor, load_batch, -(-n // b), f"reference {tag}")
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        np.savez(
-            path + ".tmp.npz",
+        paths.write_npz(
+            path,
             pool=features.pool,
             logits=features.logits,
             spatial_mu=features.spatial_stats.mean,
             spatial_sigma=features.spatial_stats.cov,
         )
-        os.replace(path + ".tmp.npz", path)
     return features
 
 
-def generated_files(workdir: str, method: str, resolution) -> list[str]:
-    folder = os.path.join(workdir, "generated", method, config_utils.resolution_name(resolution))
-    files = sorted(glob.glob(os.path.join(folder, "batch_*.npz")))
+def generated_files(workdir: str, method: str, resolution) -> list[epath.Path]:
+    folder = epath.Path(workdir) / "generated" / method / config_utils.resolution_name(resolution)
+    files = sorted(folder.glob("batch_*.npz"))
     if not files:
         raise FileNotFoundError(f"No samples in {folder}: run --mode=sample first.")
     return files
 
 
-def generated_batch(path: str, size=None) -> np.ndarray:
+def generated_batch(path: epath.PathLike, size=None) -> np.ndarray:
     """One sample batch file as float [0, 1] [B, H, W, 3], optionally resized to (H, W)."""
-    images = np.load(path)["images"]
+    images = paths.read_npz(path)["images"]
     if size is not None and images.shape[1:3] != tuple(size):
         images = np.stack([_resize_uint8(im, size) for im in images])
     return images.astype(np.float32) / 255.0
 
 
-def _load_generated(files: list[str], size, index: int) -> np.ndarray:
+def _load_generated(files: list[epath.Path], size, index: int) -> np.ndarray:
     return generated_batch(files[index], size)
 
 
@@ -207,22 +205,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             logging.info("%s", row)
             rows.append(row)
     if jax.process_index() == 0:
-        write_results(rows, os.path.join(workdir, "eval"), train_resolution)
+        write_results(rows, epath.Path(workdir) / "eval", train_resolution)
     return rows
 
 
-def write_results(rows: list[dict], out_dir: str, train_resolution) -> None:
-    """results.json, results.csv, results.md (one table per metric) and the plot."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "resolution", "tokens", *METRICS])
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown_table(rows, train_resolution))
-    plot(rows, os.path.join(out_dir, "resolution_plot.png"))
+def write_results(rows: list[dict], out_dir: epath.PathLike, train_resolution) -> None:
+    """results.json, results.csv, results.md (one table per metric) and the plot, in `out_dir`
+    (local or gs://)."""
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["method", "resolution", "tokens", *METRICS])
+    writer.writeheader()
+    writer.writerows(rows)
+    (out_dir / "results.csv").write_text(table.getvalue())
+    (out_dir / "results.md").write_text(markdown_table(rows, train_resolution))
+    plot(rows, out_dir / "resolution_plot.png")
 
 
 def _grid(rows: list[dict]):
@@ -251,7 +250,7 @@ def markdown_table(rows: list[dict], train_resolution) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: epath.PathLike) -> None:
     """Metric vs resolution, one line per method, one panel per metric."""
     methods, resolutions, values = _grid(rows)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
@@ -263,5 +262,5 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_title(metric)
     axes[0].legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    paths.write_figure(path, fig, dpi=100)
     plt.close(fig)

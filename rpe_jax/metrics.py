@@ -15,6 +15,7 @@ Shape legend: N samples, F feature width, C classes.
 
 import dataclasses
 import functools
+import io
 import os
 import warnings
 from typing import NamedTuple
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from scipy import linalg, special
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -89,20 +91,21 @@ class FeatureStats:
         if self.count < 0:
             raise ValueError(f"FeatureStats count must be >= 0 (0 = unknown), got {self.count}.")
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes `mu`, `sigma` and `count` to an `.npz` file at exactly `path`.
+    def save(self, path: epath.PathLike) -> None:
+        """Writes `mu`, `sigma` and `count` to an `.npz` file at exactly `path` (local or gs://).
 
         The `mu`/`sigma` keys match pytorch-fid and ADM reference files.
         """
-        with open(path, "wb") as f:
-            np.savez(f, mu=self.mean, sigma=self.cov, count=np.int64(self.count))
+        buffer = io.BytesIO()  # np.savez seeks, which Cloud Storage files cannot
+        np.savez(buffer, mu=self.mean, sigma=self.cov, count=np.int64(self.count))
+        epath.Path(path).write_bytes(buffer.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike, key_suffix: str = "") -> "FeatureStats":
+    def load(cls, path: epath.PathLike, key_suffix: str = "") -> "FeatureStats":
         """Reads statistics from an `.npz` file.
 
         Args:
-          path: a file written by `save`, by pytorch-fid, or an ADM reference batch.
+          path: a file (local or gs://) written by `save`, by pytorch-fid, or an ADM reference batch.
           key_suffix: appended to `mu`/`sigma`; "_s" reads the spatial (sFID) statistics of
             an ADM reference batch such as `VIRTUAL_imagenet256_labeled.npz`.
 
@@ -113,7 +116,7 @@ class FeatureStats:
           ValueError: if the keys are missing (the message lists the keys present).
         """
         mean_key, cov_key = f"mu{key_suffix}", f"sigma{key_suffix}"
-        with np.load(path, allow_pickle=False) as data:
+        with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
             if mean_key not in data or cov_key not in data:
                 raise ValueError(
                     f"{os.fspath(path)} lacks keys {mean_key!r}/{cov_key!r}; it has "

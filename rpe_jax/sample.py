@@ -4,18 +4,18 @@ Legend: B batch, H x W image, C channels.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from PIL import Image, ImageDraw, ImageFont
 
-from rpe_jax import config_utils, distributed, sharding, train_state
+from rpe_jax import config_utils, distributed, paths, sharding, train_state
 from rpe_jax import methods as methods_lib
 from rpe_jax.diffusion import sampling
 from rpe_jax.models import vae as vae_lib
@@ -34,11 +34,6 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
     padded = np.zeros((rows * columns, h, w, c), images.dtype)
     padded[:b] = images
     return padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, c)
-
-
-def save_png(image: np.ndarray, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(image).save(path)
 
 
 def labelled_panels(panels: list[np.ndarray], titles: list[str], gap: int = 4) -> np.ndarray:
@@ -121,18 +116,18 @@ def write_sample_grids(sampler: GridSampler, params: nnx.State, step: int, workd
     labels = np.arange(n, dtype=np.int32) % config.data.num_classes
     key = jax.random.key(config.seed + 1)
     columns = min(n, config.data.num_classes)
-    paths = []
+    written = []
     for resolution in config_utils.sample_resolutions(config):
         panels = [
             image_grid(to_uint8(sampler.images(params, resolution, method, labels, key)), columns)
             for method in config.sample.methods
         ]
         name = f"step_{step:07d}_{config_utils.resolution_name(resolution)}.png"
-        path = os.path.join(workdir, "samples", name)
+        path = epath.Path(workdir) / "samples" / name
         if jax.process_index() == 0:
-            save_png(labelled_panels(panels, list(config.sample.methods)), path)
-        paths.append(path)
-    return paths
+            paths.write_png(path, labelled_panels(panels, list(config.sample.methods)))
+        written.append(str(path))
+    return written
 
 
 def _decoder(config: ml_collections.ConfigDict):
@@ -168,10 +163,9 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
     num_batches = -(-config.sample.num_samples // config.sample.batch_size)
     for method in config.sample.methods:
         for resolution in config_utils.sample_resolutions(config):
-            out_dir = os.path.join(workdir, "generated", method, config_utils.resolution_name(resolution))
-            os.makedirs(out_dir, exist_ok=True)
-            paths = [os.path.join(out_dir, f"batch_{i:05d}.npz") for i in range(num_batches)]
-            todo = [i for i, done in enumerate(distributed.exists_on_process_0(paths)) if not done]
+            out_dir = epath.Path(workdir) / "generated" / method / config_utils.resolution_name(resolution)
+            files = [out_dir / f"batch_{i:05d}.npz" for i in range(num_batches)]
+            todo = [i for i, done in enumerate(distributed.exists_on_process_0(files)) if not done]
             logging.info(
                 "%s at %s (step %d): %d of %d batches to do.",
                 method,
@@ -186,12 +180,11 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
                 key = jax.random.fold_in(jax.random.key(config.seed), index)
                 images = sampler.images(params, resolution, method, labels, key)
                 if decode is not None:
-                    _write_batch(to_uint8(decode(images)), labels, paths[index], index == 0)
+                    _write_batch(to_uint8(decode(images)), labels, files[index], index == 0)
                 progress.update(len(labels))
 
 
-def _write_batch(images: np.ndarray, labels: np.ndarray, path: str, with_grid: bool) -> None:
-    np.savez(path + ".tmp.npz", images=images, labels=labels)
-    os.replace(path + ".tmp.npz", path)  # a batch file exists only when complete
+def _write_batch(images: np.ndarray, labels: np.ndarray, path: epath.Path, with_grid: bool) -> None:
+    paths.write_npz(path, images=images, labels=labels)  # a batch file exists only when complete
     if with_grid:
-        save_png(image_grid(images[:64], 8), os.path.join(os.path.dirname(path), "grid.png"))
+        paths.write_png(path.parent / "grid.png", image_grid(images[:64], 8))

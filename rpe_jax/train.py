@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import signal
 import time
 
@@ -24,6 +23,7 @@ import optax
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from clu import metrics as clu_metrics
+from etils import epath
 from flax import nnx
 
 from rpe_jax import checkpoint, config_utils, positions, sample, sharding
@@ -231,9 +231,9 @@ def _log_start(config, mesh, state, workdir, writer, initial_step):
         writer.write_hparams(
             {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
         )
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+        workdir = epath.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort()), indent=2))
 
 
 def _write_samples(sampler: sample.GridSampler, state: TrainState, step: int, workdir: str) -> None:

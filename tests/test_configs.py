@@ -70,6 +70,6 @@ def test_pixel_resolution_must_be_divisible_by_the_patch():
     with pytest.raises(ValueError, match=r"max_resize_factor 2.5 must be within \[1, 2\]"):
         config_utils.validate(config)
     config.data.max_resize_factor = 2.0
-    config.data.resolution = 34
-    with pytest.raises(ValueError, match=r"34x34 is not divisible by 4, the pixel \(patch\)"):
+    config.data.resolution = 33
+    with pytest.raises(ValueError, match=r"33x33 is not divisible by 2, the pixel \(patch\)"):
         config_utils.validate(config)

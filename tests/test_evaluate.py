@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--config.model.depth=2", "--config.model.width=64", "--config.model.heads=2",
     "--config.train.batch_size=8", "--config.train.num_steps=2", "--config.sample.num_images=2",
-    "--config.sample.steps=1", "--config.sample.resolutions=(32, 48)",
+    "--config.sample.steps=1", "--config.sample.resolutions=(16, 24)",
     "--config.sample.methods=('rpe2d', 'rpe2d_plain')", "--config.sample.num_samples=8",
     "--config.sample.batch_size=4", "--config.eval.num_reference=8", "--config.eval.batch_size=4",
     "--config.eval.extractor=classifier",
@@ -48,10 +48,10 @@ def test_evaluate_writes_the_table_csv_json_and_plot(tmp_path):
     _run(workdir, "evaluate", f"--config.eval.extractor_path={extractor_dir}")
     out = workdir / "eval"
     rows = json.loads((out / "results.json").read_text())
-    # Two methods at both resolutions, plus the resized training-resolution samples at 48 px.
+    # Two methods at both resolutions, plus the resized training-resolution samples at 24 px.
     keys = sorted((r["method"], r["resolution"]) for r in rows)
     assert keys == sorted(
-        [(m, r) for m in ("rpe2d", "rpe2d_plain") for r in ("32x32", "48x48")] + [("train_resized", "48x48")]
+        [(m, r) for m in ("rpe2d", "rpe2d_plain") for r in ("16x16", "24x24")] + [("train_resized", "24x24")]
     )
     for row in rows:
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
@@ -59,7 +59,7 @@ def test_evaluate_writes_the_table_csv_json_and_plot(tmp_path):
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     table = (out / "results.md").read_text()
-    assert "### fid (lower is better)" in table and "| 32x32 (train) | 48x48 |" in table
+    assert "### fid (lower is better)" in table and "| 16x16 (train) | 24x24 |" in table
     assert (out / "resolution_plot.png").stat().st_size > 10_000
     cached = list((out / "reference").iterdir())
     assert len(cached) == 2, "reference features are cached per resolution"

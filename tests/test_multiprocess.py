@@ -31,7 +31,7 @@ TINY = (
     "--config.model.depth=2", "--config.model.width=64", "--config.model.heads=2",
     "--config.train.batch_size=8", "--config.train.log_every=1", "--config.train.warmup_steps=0",
     "--config.train.cosine_decay=False", "--config.train.checkpoint_every=2",
-    "--config.sample.num_images=0", "--config.sample.steps=2", "--config.sample.resolutions=(32, 48)",
+    "--config.sample.num_images=0", "--config.sample.steps=2", "--config.sample.resolutions=(16, 24)",
     "--config.sample.methods=('rpe2d',)", "--config.distributed.heartbeat_timeout=10",
     "--config.distributed.shutdown_timeout=30",
 )  # fmt: skip
@@ -127,7 +127,7 @@ config.distributed.update(mode="explicit", coordinator_address=sys.argv[1], num_
                           process_id=int(sys.argv[2]), cpu_collectives="gloo")
 distributed.initialize(config)
 mesh = sharding.make_mesh(config.mesh.shape)
-data = train._data_iterator(config, patch=4)
+data = train._data_iterator(config, patch=2)
 steps = []
 for _ in range(3):
     batch = sharding.global_batch(next(data), mesh)
@@ -158,7 +158,7 @@ def test_two_processes_read_exactly_the_single_process_examples():
     config = demo.get_config()
     config.train.batch_size = 8
     mesh = sharding.make_mesh(config.mesh.shape)
-    data = train._data_iterator(config, patch=4)
+    data = train._data_iterator(config, patch=2)
     want = [_digests(sharding.global_batch(next(data), mesh)) for _ in range(3)]
     assert len({d for step in want for d in step}) == 24, "examples and augmentations differ"
     for p, out in zip(procs, outputs, strict=True):
@@ -180,11 +180,11 @@ def test_sampling_on_two_processes_writes_the_single_process_files(single, tmp_p
     assert (
         sorted(files[1])
         == sorted(files[2])
-        == [f"{res}/batch_{i:05d}.npz" for res in ("32x32", "48x48") for i in range(2)]
+        == [f"{res}/batch_{i:05d}.npz" for res in ("16x16", "24x24") for i in range(2)]
     )
     for name, images in files[1].items():
         np.testing.assert_array_equal(files[2][name], images, err_msg=name)
-    assert files[1]["32x32/batch_00000.npz"].std() > 10, "samples are images, not blanks"
+    assert files[1]["16x16/batch_00000.npz"].std() > 10, "samples are images, not blanks"
 
 
 def _committed_steps(workdir) -> list[int]:

@@ -76,7 +76,7 @@ def test_sampling_is_deterministic_and_the_same_on_1_and_8_devices():
     fn, params = _tiny_sampler()
     labels = jnp.arange(8) % 10
     a = fn(params, jax.random.key(3), labels)
-    assert a.shape == (8, 48, 48, 3)
+    assert a.shape == (8, 24, 24, 3)
     np.testing.assert_array_equal(a, fn(params, jax.random.key(3), labels))
     assert float(jnp.abs(a - fn(params, jax.random.key(4), labels)).max()) > 0.1
     mesh = sharding.make_mesh((4, 2))
@@ -104,9 +104,9 @@ def test_grid_sampler_pads_to_the_mesh_and_returns_every_image():
     sampler = sample.GridSampler(config, graphdef, mesh)
     params = jax.device_put(params, sharding.state_shardings(params, mesh))
     labels = np.arange(5, dtype=np.int32)  # 5 rows on 8 devices: padded to 8
-    out = sampler.images(params, (48, 48), "rpe2d", labels, jax.random.key(0))
-    assert isinstance(out, np.ndarray) and out.shape == (5, 48, 48, 3)
-    np.testing.assert_allclose(sampler.images(params, (48, 48), "rpe2d", labels[:3], jax.random.key(0)),
+    out = sampler.images(params, (24, 24), "rpe2d", labels, jax.random.key(0))
+    assert isinstance(out, np.ndarray) and out.shape == (5, 24, 24, 3)
+    np.testing.assert_allclose(sampler.images(params, (24, 24), "rpe2d", labels[:3], jax.random.key(0)),
                                out[:3], atol=1e-5)  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def test_grid_sampler_pads_to_the_mesh_and_returns_every_image():
 def test_every_kind_of_method_samples_a_larger_grid(method):
     fn, params = _tiny_sampler(method, grid=(16, 12))
     out = fn(params, jax.random.key(0), jnp.arange(2))
-    assert out.shape == (2, 64, 48, 3) and bool(jnp.isfinite(out).all())
+    assert out.shape == (2, 32, 24, 3) and bool(jnp.isfinite(out).all())
 
 
 def test_sde_sampler_reaches_the_target_gaussian():

@@ -29,7 +29,7 @@ def tiny_config():
     config.train.log_every = 2
     config.train.checkpoint_every = 2
     config.train.ema_decay = 0.9
-    config.sample.resolutions = (32,)
+    config.sample.resolutions = (16,)
     config.sample.methods = ("rpe2d",)
     config.sample.num_images = 2
     config.sample.steps = 1
@@ -40,7 +40,7 @@ def tiny_config():
 def _one_step(config, mesh):
     tx = train_state.make_optimizer(config)
     graphdef, state, shardings = train_state.create_train_state(config, mesh, tx)
-    data = pipeline.create_dataset(config.data, split="train", resolution=(32, 32), patch=4, batch_size=8)
+    data = pipeline.create_dataset(config.data, split="train", resolution=(16, 16), patch=2, batch_size=8)
     batch = sharding.global_batch(next(iter(data)), mesh)
     state, metrics = train.jit_train_step(config, graphdef, tx, shardings, mesh)(state, batch)
     return state, float(metrics.loss.compute())
@@ -104,7 +104,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     # The saved iterator of both runs points at the same next batch.
     for run in ("full", "resumed"):
         assert os.path.exists(tmp_path / run / "checkpoints" / "4" / "data")
-    assert sorted(os.listdir(tmp_path / "full" / "samples")) == ["step_0000004_32x32.png"]
+    assert sorted(os.listdir(tmp_path / "full" / "samples")) == ["step_0000004_16x16.png"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -126,7 +126,7 @@ def _cli(workdir, *overrides, methods="('rpe2d',)"):
         sys.executable, "-m", "rpe_jax.main", f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
         "--config.model.depth=2", "--config.model.width=64", "--config.model.heads=2",
         "--config.train.batch_size=8", "--config.train.log_every=2", "--config.sample.num_images=2",
-        "--config.sample.steps=1", "--config.sample.resolutions=(32, 64)",
+        "--config.sample.steps=1", "--config.sample.resolutions=(16, 32)",
         f"--config.sample.methods={methods}", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}
@@ -142,8 +142,8 @@ def test_cli_trains_and_writes_checkpoint_metrics_and_samples(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
-    assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000004_32x32.png", "step_0000004_64x64.png"]
-    for side in (32, 64):  # two methods side by side: 2 images of `side` px each, 4 px apart
+    assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000004_16x16.png", "step_0000004_32x32.png"]
+    for side in (16, 32):  # two methods side by side: 2 images of `side` px each, 4 px apart
         png = np.asarray(Image.open(tmp_path / "samples" / f"step_0000004_{side}x{side}.png"))
         assert png.shape == (12 + side, 2 * (2 * side) + 4, 3)
     assert "train_loss" in out
@@ -178,7 +178,7 @@ def test_sample_mode_writes_batches_and_resumes(tmp_path):
     proc = _cli(tmp_path, *sample_args)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    for res in ("32x32", "64x64"):
+    for res in ("16x16", "32x32"):
         folder = tmp_path / "generated" / "rpe2d" / res
         assert sorted(os.listdir(folder)) == [
             "batch_00000.npz",
@@ -190,15 +190,15 @@ def test_sample_mode_writes_batches_and_resumes(tmp_path):
         side = int(res.split("x")[0])
         assert batch["images"].shape == (2, side, side, 3) and batch["images"].dtype == np.uint8
         np.testing.assert_array_equal(batch["labels"], [2, 3])
-    kept = tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00000.npz"
+    kept = tmp_path / "generated" / "rpe2d" / "16x16" / "batch_00000.npz"
     before = os.path.getmtime(kept)
-    os.remove(tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00002.npz")
+    os.remove(tmp_path / "generated" / "rpe2d" / "16x16" / "batch_00002.npz")
     proc = _cli(tmp_path, *sample_args)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "1 of 3 batches to do" in out and "0 of 3 batches to do" in out
     assert os.path.getmtime(kept) == before
-    assert os.path.exists(tmp_path / "generated" / "rpe2d" / "32x32" / "batch_00002.npz")
+    assert os.path.exists(tmp_path / "generated" / "rpe2d" / "16x16" / "batch_00002.npz")
 
 
 def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(tmp_path):
@@ -207,9 +207,9 @@ def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(tmp_p
     config.train.num_steps = 2
     source = train.train_and_evaluate(config, str(tmp_path / "low_res"))
     config.train.init_from = str(tmp_path / "low_res")
-    config.data.resolution = 48  # a different training grid: 12x12 tokens
+    config.data.resolution = 24  # a different training grid: 12x12 tokens
     config.positions.max_positions = 24
-    config.sample.resolutions = (48,)
+    config.sample.resolutions = (24,)
     config.train.num_steps = 0
     start = train.train_and_evaluate(config, str(tmp_path / "high_res"))
     assert int(start.step) == 0

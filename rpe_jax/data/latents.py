@@ -12,7 +12,8 @@ Output, in <workdir>/latents/ (set config.data.latents_dir to it to train on it)
     source in order (S = config.data.latent_shard_size), one record per example, laid out as
     `sources.encode_latent_record` writes it: latents per factor, label, source index.
   manifest.json: {"settings": {...}, "splits": {split: {"num_examples", "num_shards", "done"}}}.
-A shard is written to `<name>.partial` and renamed once complete, then listed under "done".
+A shard is written to `<name>.partial` (for a gs:// workdir, to a local temporary file) and moved
+into place once complete, then listed under "done".
 A rerun skips every finished shard (never rewriting it), redoes an interrupted one, and
 refuses a folder extracted with other settings.
 
@@ -28,7 +29,6 @@ import functools
 import json
 import math
 import os
-import pathlib
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -40,9 +40,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 from array_record.python import array_record_module
+from etils import epath
 from flax import nnx
 
-from rpe_jax import config_utils, sharding
+from rpe_jax import config_utils, paths, sharding
 from rpe_jax.data import sources
 from rpe_jax.models import dit
 from rpe_jax.models import vae as vae_lib
@@ -135,15 +136,15 @@ def _settings(
     }
 
 
-def _save_manifest(directory: pathlib.Path, manifest: dict[str, Any]) -> None:
+def _save_manifest(directory: epath.Path, manifest: dict[str, Any]) -> None:
     """Writes the manifest atomically (temporary file, then rename)."""
     path = directory / sources.LATENT_MANIFEST
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(manifest, indent=1))
-    os.replace(temporary, path)
+    temporary.replace(path)
 
 
-def _open_manifest(directory: pathlib.Path, settings: dict[str, Any]) -> dict[str, Any]:
+def _open_manifest(directory: epath.Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The folder's manifest, created if absent.
 
     Raises:
@@ -271,35 +272,34 @@ class _Progress:
 
 
 def _write_shard(
-    path: pathlib.Path,
+    path: epath.Path,
     batches: Iterator[dict],
     encoder: _Encoder,
     config: ml_collections.ConfigDict,
     split: str,
     progress: _Progress,
 ) -> None:
-    """Encodes `batches` into `<path>.partial`, renamed to `path` once every record is written."""
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)  # an interrupted attempt
+    """Encodes `batches` into a partial file (ArrayRecord writes local files only: `<path>.partial`,
+    or a local temporary file for a gs:// `path`), moved to `path` once every record is written."""
     batch_size, dtype = config.data.latent_batch_size, LATENT_DTYPES[config.data.latent_dtype]
-    writer = array_record_module.ArrayRecordWriter(str(partial), _WRITER_OPTIONS)
-    try:
-        for batch in batches:
-            count, start = len(batch["index"]), int(batch["index"][0])
-            latents = {
-                name: encoder(_pad(images, batch_size), split, name, start)[:count].astype(dtype)
-                for name, images in batch["images"].items()
-            }
-            for i in range(count):
-                example = {name: value[i] for name, value in latents.items()}
-                writer.write(sources.encode_latent_record(example, batch["label"][i], batch["index"][i]))
-            progress.update(count)
-    finally:
-        writer.close()
-    os.replace(partial, path)
+    with paths.local_staging(path) as partial:
+        writer = array_record_module.ArrayRecordWriter(partial, _WRITER_OPTIONS)
+        try:
+            for batch in batches:
+                count, start = len(batch["index"]), int(batch["index"][0])
+                latents = {
+                    name: encoder(_pad(images, batch_size), split, name, start)[:count].astype(dtype)
+                    for name, images in batch["images"].items()
+                }
+                for i in range(count):
+                    example = {name: value[i] for name, value in latents.items()}
+                    writer.write(sources.encode_latent_record(example, batch["label"][i], batch["index"][i]))
+                progress.update(count)
+        finally:
+            writer.close()
 
 
-def _finished_shards(directory: pathlib.Path, split: str, info: dict[str, Any]) -> set[int]:
+def _finished_shards(directory: epath.Path, split: str, info: dict[str, Any]) -> set[int]:
     """Shards whose final file exists; warns about listed ones that went missing."""
     done = set()
     for shard in range(info["num_shards"]):
@@ -315,7 +315,7 @@ def _extract_split(
     split: str,
     resolutions: Mapping[str, Resolution],
     encoder: _Encoder,
-    directory: pathlib.Path,
+    directory: epath.Path,
     manifest: dict[str, Any],
 ) -> None:
     """Writes every unfinished shard of `split`, recording each in the manifest."""
@@ -365,7 +365,7 @@ def extract_latents(config: ml_collections.ConfigDict, workdir: str) -> None:
       config: the experiment config; reads data.{resolution, latent_source, latent_splits,
         latent_factors, latent_shard_size, latent_batch_size, latent_sample, latent_dtype, seed,
         root} (plus the source's own fields), model.variant (for the patch) and vae.path.
-      workdir: output folder; the latents go to its `latents/` sub-folder.
+      workdir: output folder (local or gs://); the latents go to its `latents/` sub-folder.
 
     Raises:
       ValueError: invalid factors or extraction settings, or a folder extracted with other
@@ -374,7 +374,7 @@ def extract_latents(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     resolutions = latent_resolutions(config)
     _check_config(config)
-    directory = pathlib.Path(workdir) / "latents"
+    directory = epath.Path(workdir) / "latents"
     directory.mkdir(parents=True, exist_ok=True)
     encoder, channels = _make_encoder(config)
     manifest = _open_manifest(directory, _settings(config, resolutions, channels))

@@ -35,6 +35,7 @@ import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 from rpe_jax.data import procedural
@@ -329,13 +330,14 @@ def decode_latent_record(record: bytes) -> dict[str, Any]:
         return {"latents": latents, "label": np.int32(arrays["label"]), "index": int(arrays["index"])}
 
 
-def read_latent_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """The manifest that extract_latents keeps in `directory` (see rpe_jax/data/latents.py).
+def read_latent_manifest(directory: epath.PathLike) -> dict[str, Any]:
+    """The manifest that extract_latents keeps in `directory` (local or gs://; see
+    rpe_jax/data/latents.py).
 
     Raises:
       FileNotFoundError: no manifest in `directory`.
     """
-    path = pathlib.Path(directory) / LATENT_MANIFEST
+    path = epath.Path(directory) / LATENT_MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
             f"No latent manifest {path}: run `python -m rpe_jax.main --mode=extract_latents` with "

@@ -1,0 +1,360 @@
+"""The resolution-generalization experiments and the script that runs and tabulates them.
+
+Configs: each loads and validates, names registered methods only, and differs from the
+shared settings by exactly its documented changes. Script: the tables, curve, CSV and
+document are pure functions of the runs' results (synthetic here), and `--dry-run` lists
+the stages in dependency order. Nothing trains.
+"""
+
+import glob
+import importlib
+import json
+import math
+import os
+import re
+
+import ml_collections
+import pytest
+from PIL import Image
+
+from benchmarks import resolution_generalization as rg
+from configs.experiments import common
+from rpe_jax import config_utils, methods
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(ROOT, "configs", "experiments", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py")
+)
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    leaves = {}
+    for key in config.keys():
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            leaves.update(flatten(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    return importlib.import_module(f"configs.experiments.{name}").get_config(arg)
+
+
+def high_resolution(steps: int) -> dict:
+    """The documented changes of a multi-stage run against the shared settings."""
+    return {
+        "data.resolution": common.HIGH_RESOLUTION,
+        "positions.max_positions": 2 * common.HIGH_RESOLUTION // common.PATCH,
+        "train.num_steps": steps,
+        "train.checkpoint_every": math.ceil(steps / common.CHECKPOINTS_PER_RUN),
+        "sample.resolutions": common.FINETUNE_TEST_RESOLUTIONS,
+    }
+
+
+PLAIN = {"positions.train_rule": "grid", "data.resize_crop_prob": 0.0, "model.micro_conditioning": False}
+FINETUNE_STEPS = common.finetune_steps(common.STEPS)
+DIFFERENCES = {
+    "plain_rope": {**PLAIN, "sample.methods": common.BASELINES},
+    "rpe2d": {"sample.methods": common.RPE2D_METHODS},
+    "rpe2d_no_augment": {"data.resize_crop_prob": 0.0, "model.micro_conditioning": False},
+    "rpe2d_no_micro": {"model.micro_conditioning": False},
+    "plain_rope_finetune": {
+        **PLAIN,
+        **high_resolution(FINETUNE_STEPS),
+        "sample.methods": ("extrapolation", "yarn"),
+        "train.init_from": None,
+    },
+    "rpe2d_finetune": {**high_resolution(FINETUNE_STEPS), "train.init_from": None},
+    "rpe2d_highres_scratch": high_resolution(common.equal_compute_steps(common.STEPS)),
+}
+
+
+def test_every_experiment_file_is_in_the_run_order():
+    assert sorted(common.EXPERIMENTS) == FILES == sorted(DIFFERENCES)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_experiment_loads_validates_and_names_registered_methods(name):
+    config = load(name)
+    config_utils.validate(config, device_count=8)
+    assert set(config.sample.methods) <= set(methods.METHODS)
+    assert config.eval.extractor == "classifier"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_experiment_differs_from_the_shared_settings_exactly_as_documented(name):
+    shared, mine = flatten(common.get_config()), flatten(load(name))
+    assert set(shared) == set(mine)
+    changed = {key: mine[key] for key in mine if mine[key] != shared[key]}
+    assert changed == DIFFERENCES[name]
+
+
+def test_shared_scale():
+    config = common.get_config()
+    assert config_utils.train_grid(config) == (8, 8)
+    assert config_utils.max_positions(config) == (16, 16)
+    assert config.model.variant == "DiT-S/2" and (config.model.depth, config.model.width) == (4, 128)
+    assert (config.model.heads, config.train.batch_size, config.seed) == (4, 32, 0)
+    assert config.sample.resolutions == (8, 12, 16, 24, 32, "16x32")
+    assert config.sample.num_samples == config.eval.num_reference == 1000
+    assert config.train.keep_checkpoints > common.CHECKPOINTS_PER_RUN  # the curve needs them all
+
+
+def test_baselines_are_every_plain_rope_method_and_rpe2d_variants_the_rest():
+    assert sorted(common.BASELINES) == sorted(m for m in methods.METHODS if not m.startswith("rpe2d"))
+    assert sorted(common.RPE2D_METHODS) == sorted(m for m in methods.METHODS if m.startswith("rpe2d"))
+
+
+def test_finetunes_start_from_an_earlier_experiment():
+    for name in ("rpe2d_finetune", "plain_rope_finetune"):
+        source = importlib.import_module(f"configs.experiments.{name}").INIT_FROM
+        assert common.EXPERIMENTS.index(source) < common.EXPERIMENTS.index(name)
+        assert load(source).model == load(name).model or source.startswith("plain")
+        assert load(source).positions.train_rule == load(name).positions.train_rule
+
+
+def test_scratch_run_has_the_compute_of_pretraining_plus_finetune():
+    for steps in (common.STEPS, 8, 1000):
+        pretrain = common.train_flops(steps, common.tokens(common.TRAIN_RESOLUTION))
+        finetune = common.train_flops(common.finetune_steps(steps), common.tokens(common.HIGH_RESOLUTION))
+        scratch_steps = load("rpe2d_highres_scratch", f"steps={steps}").train.num_steps
+        step = common.train_flops(1, common.tokens(common.HIGH_RESOLUTION))
+        assert abs(common.train_flops(scratch_steps, 256) - pretrain - finetune) <= step / 2
+    assert common.equal_compute_steps(6000) == 2719
+
+
+def test_flop_formula_matches_the_benchmark_figure():
+    # benchmarks/README.md: DiT-S/2 (12 x 384) at 16x16 tokens, 12.1 GFLOP forward.
+    assert common.forward_flops(256, depth=12, width=384) == pytest.approx(12.1e9, rel=0.01)
+
+
+def test_config_switches():
+    config = load("rpe2d_finetune", "steps=8,samples=10")
+    assert (config.train.num_steps, config.train.checkpoint_every) == (2, 1)
+    assert (config.sample.num_samples, config.sample.batch_size, config.eval.num_reference) == (10, 10, 10)
+    with pytest.raises(ValueError, match="Bad config switch 'step=8'"):
+        load("rpe2d", "step=8")
+
+
+# ---------------------------------------------------------------- tables and document
+
+
+def row(method, resolution, fid, **extra):
+    h, w = rg.side_pair(resolution)
+    metrics = {"sfid": 1.0, "inception_score": 2.0, "precision": 0.5, "recall": 0.25} | extra
+    return {"method": method, "resolution": resolution, "tokens": h * w // 4, "fid": fid, **metrics}
+
+
+def run_config(resolution=16, steps=6000, methods_=("rpe2d",)):
+    return {
+        "data": {"resolution": resolution},
+        "model": {"variant": "DiT-S/2", "depth": 4, "width": 128},
+        "train": {"batch_size": 32, "num_steps": steps},
+        "sample": {"methods": list(methods_), "num_samples": 1000},
+    }
+
+
+def synthetic_runs() -> dict[str, rg.Run]:
+    """Two baselines and RPE-2D at three resolutions, plus a fine-tune with a curve."""
+    plain = [
+        row(m, r, fid)
+        for m, fids in (("extrapolation", (30, 10, 90)), ("ntk", (31, 10, 50)))
+        for r, fid in zip(("8x8", "16x16", "32x32"), fids, strict=True)
+    ]
+    plain += [row("train_resized", "8x8", 20.0), row("train_resized", "32x32", 40.0)]
+    rpe = [row("rpe2d", r, fid) for r, fid in (("8x8", 25.0), ("16x16", 11.0), ("16x32", 35.0))]
+    rpe += [row("train_resized", "8x8", 21.0)]
+    finetune_config = run_config(32, 1500)
+    return {
+        "plain_rope": rg.Run("plain_rope", run_config(methods_=("extrapolation", "ntk")), plain, {}, 6000),
+        "rpe2d": rg.Run("rpe2d", run_config(), rpe + [row("rpe2d", "32x32", 60.0)], {}, 6000),
+        "rpe2d_finetune": rg.Run(
+            "rpe2d_finetune",
+            finetune_config,
+            [row("rpe2d", "16x16", 14.0), row("rpe2d", "32x32", 12.0)],
+            {750: [row("rpe2d", "32x32", 20.0, precision=0.4)]},
+            1500,
+        ),
+    }
+
+
+def cells(lines: list[str]) -> dict[tuple[str, str], list[str]]:
+    """{(checkpoint, method): cells} of a Markdown table from metric_table."""
+    return {
+        tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+        for line in lines[2:]
+    }
+
+
+def test_main_table_places_each_value_in_its_cell():
+    runs = synthetic_runs()
+    rows = rg.main_rows(runs)
+    assert rows == [
+        ("plain_rope", "extrapolation"),
+        ("plain_rope", "ntk"),
+        ("plain_rope", "train_resized"),
+        ("rpe2d", "rpe2d"),
+        ("rpe2d", "train_resized"),
+    ]
+    columns = rg.main_columns(runs, rows, "16x16")
+    assert [label for _, label in columns] == ["8x8 (0.5x)", "16x16 (train)", "32x32 (2x)", "16x32 (1x, 2x)"]
+    lines = rg.metric_table(runs, rows, columns, "fid")
+    assert lines[0] == "| checkpoint | method | 8x8 (0.5x) | 16x16 (train) | 32x32 (2x) | 16x32 (1x, 2x) |"
+    table = cells(lines)
+    assert table[("plain_rope", "extrapolation")] == ["30.00", "**10.00**", "90.00", "—"]
+    assert table[("plain_rope", "ntk")] == ["31.00", "**10.00**", "50.00", "—"]
+    assert table[("plain_rope", "train_resized")] == ["**20.00**", "—", "**40.00**", "—"]
+    assert table[("rpe2d", "rpe2d")] == ["25.00", "11.00", "60.00", "**35.00**"]
+    recall = cells(rg.metric_table(runs, rows, columns, "recall"))
+    assert recall[("rpe2d", "rpe2d")] == ["**0.250**", "**0.250**", "**0.250**", "**0.250**"]
+
+
+def test_curve_starts_a_finetune_at_its_source_compute_and_score():
+    points = rg.curve_points(synthetic_runs(), {"rpe2d_finetune": "rpe2d"})
+    pretrain = common.train_flops(6000, 64)
+    step = common.train_flops(1, 256)
+    assert [(p["step"], p["fid"]) for p in points] == [(0, 60.0), (750, 20.0), (1500, 12.0)]
+    assert [p["flops"] for p in points] == pytest.approx(
+        [pretrain, pretrain + 750 * step, pretrain + 1500 * step]
+    )
+    assert (
+        rg.curve_table(points)[3]
+        == f"| rpe2d_finetune | rpe2d | 750 | {points[1]['flops'] / 1e12:.1f} | 20.00 | 0.400 | 0.250 |"
+    )
+
+
+def test_retention_and_grid_choices():
+    runs = synthetic_runs()
+    table = cells(
+        rg.metric_table(
+            runs, [("rpe2d", "rpe2d"), ("rpe2d_finetune", "rpe2d")], rg.retention_columns(), "fid"
+        )
+    )
+    assert table == {
+        ("rpe2d", "rpe2d"): ["**11.00**", "—", "60.00"],
+        ("rpe2d_finetune", "rpe2d"): ["14.00", "—", "**12.00**"],
+    }
+    choices = dict(rg.grid_choices(runs, [("8x8", ""), ("32x32", "")]))
+    assert choices["8x8"] == [("rpe2d", "rpe2d", 25.0), ("plain_rope", "extrapolation", 30.0)]
+    assert choices["32x32"] == [("rpe2d", "rpe2d", 60.0), ("plain_rope", "ntk", 50.0)]
+
+
+def test_replace_block_keeps_the_text_around_the_markers():
+    text = (
+        "# Title\n\nhand-written intro\n\n" + rg.BEGIN_LINE + "\nold\n" + rg.END + "\n\n## Discussion\nmine\n"
+    )
+    new = rg.replace_block(text, "new table")
+    assert new == text.replace("\nold\n", "\nnew table\n")
+    assert rg.replace_block(new, "newer") == text.replace("\nold\n", "\nnewer\n")
+    appended = rg.replace_block("# Someone's page\n", "block")
+    assert appended == f"# Someone's page\n\n{rg.BEGIN_LINE}\nblock\n{rg.END}\n"
+
+
+def write_run(root: str, run: rg.Run) -> None:
+    workdir = os.path.join(root, run.name)
+    os.makedirs(os.path.join(workdir, "eval"))
+    os.makedirs(os.path.join(workdir, "checkpoints", str(run.steps)))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(run.config, f)
+    with open(os.path.join(workdir, "eval", "results.json"), "w") as f:
+        json.dump(run.rows, f)
+    for step, rows in run.curve.items():
+        os.makedirs(os.path.join(workdir, "curve", f"step_{step:07d}", "eval"))
+        with open(os.path.join(workdir, "curve", f"step_{step:07d}", "eval", "results.json"), "w") as f:
+            json.dump(rows, f)
+    for r in run.rows:
+        folder = os.path.join(workdir, "generated", r["method"], r["resolution"])
+        os.makedirs(folder, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(os.path.join(folder, "grid.png"))
+
+
+def test_assemble_writes_the_document_assets_and_csv(tmp_path):
+    root, doc = str(tmp_path / "runs"), str(tmp_path / "docs" / "results.md")
+    os.makedirs(os.path.dirname(doc))
+    for run in synthetic_runs().values():
+        write_run(root, run)
+    with open(os.path.join(root, "timings.json"), "w") as f:
+        json.dump({"rpe2d: train": 125.0, "rpe2d: sample": 3600.0, "classifier": 60.0}, f)
+    rg.assemble(root, doc, "python -m benchmarks.resolution_generalization --root=/r")
+    text = open(doc).read()
+    assert text.startswith("# Results") and "python -m benchmarks.resolution_generalization --root=/r" in text
+    assert text.count(rg.BEGIN) == 1 and text.count(rg.END) == 1
+    assert "| rpe2d | rpe2d | 25.00 | 11.00 | 60.00 | **35.00** |" in text
+    assert "| rpe2d | 6000 | 8x8 | 32 | 62.8 | 2m05s | 1h00m | — | — |" in text
+    for link in re.findall(r"\]\(([^)]+)\)", text):  # assets beside the document, the rest in the repo
+        folder = os.path.join(ROOT, "docs") if link.startswith("../") else os.path.dirname(doc)
+        assert os.path.exists(os.path.join(folder, link)), link
+    assets = tmp_path / "docs" / "assets" / "results"
+    assert {"resolution_fid.png", "compute_fid.png", "grid_32x32_plain_rope_ntk.png"} <= set(
+        os.listdir(assets)
+    )
+    csv_lines = (assets / "results.csv").read_text().splitlines()
+    assert csv_lines[0] == "run,step,method,resolution,tokens,fid,sfid,inception_score,precision,recall"
+    assert "rpe2d_finetune,750,rpe2d,32x32,256,20.0,1.0,2.0,0.4,0.25" in csv_lines
+    # Names like `module.attr` in code spans must exist in rpe_jax (tests/test_docs.py checks docs/).
+    modules = {
+        os.path.basename(p)[:-3]
+        for p in glob.glob(os.path.join(ROOT, "rpe_jax", "**", "*.py"), recursive=True)
+    }
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    assert not [
+        s for s in spans for stem, _ in re.findall(r"(?<![\w./-])([a-z_]+)\.(\w+)", s) if stem in modules
+    ]
+    # A re-run rewrites the block only.
+    with open(doc, "a") as f:
+        f.write("Our discussion.\n")
+    rg.assemble(root, doc, "another command")
+    again = open(doc).read()
+    assert again.endswith("Our discussion.\n") and "another command" not in again
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_dry_run_lists_stages_in_dependency_order_with_init_from(tmp_path, capsys):
+    root = tmp_path / "runs"
+    rg.main(["--root", str(root), "--dry-run", "--steps=8", "--samples=10"])
+    out = capsys.readouterr().out
+    labels = re.findall(r"^\[[^\]]+\] (.+?)(?: \(~[^)]*\))?: (?:python|done)", out, flags=re.M)
+    assert labels[0] == "classifier"
+    assert labels.index("plain_rope: train") < labels.index("plain_rope_finetune: train")
+    assert labels.index("rpe2d: train") < labels.index("rpe2d_finetune: train")
+    assert "rpe2d_finetune: curve 1: sample" in labels  # 2 fine-tune steps, a checkpoint each
+    assert f"--config.train.init_from={root / 'rpe2d'}" in out
+    assert "--config=configs/experiments/rpe2d_finetune.py:steps=8,samples=10" in out
+    assert not root.exists()  # a dry run writes nothing
+
+
+def test_only_trains_a_missing_source_without_sampling_it(tmp_path, capsys):
+    root = tmp_path / "runs"
+    (root / "plain_rope" / "checkpoints" / "8").mkdir(parents=True)
+    rg.main(["--root", str(root), "--dry-run", "--steps=8", "--only=rpe2d_finetune,plain_rope_finetune"])
+    out = capsys.readouterr().out
+    assert "rpe2d: train (~" in out and "rpe2d: sample" not in out
+    assert "plain_rope: train: done already, skipped" in out and "plain_rope: sample" not in out
+
+
+def test_evaluation_is_redone_when_samples_are_newer(tmp_path):
+    config = load("rpe2d_finetune", "samples=10")
+    files = rg.sample_files(config, str(tmp_path), ("rpe2d",), (16,))
+    assert not rg.sampled(files) and rg.sample_work(config, files) > 0
+    for path in files[("rpe2d", "16x16")]:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+    assert rg.sampled(files) and rg.sample_work(config, files) == 0
+    (tmp_path / "eval").mkdir()
+    results = tmp_path / "eval" / "results.json"
+    results.write_text(json.dumps([row("rpe2d", "16x16", 1.0)]))
+    assert rg.evaluated(str(tmp_path), files)
+    os.utime(files[("rpe2d", "16x16")][0], (results.stat().st_mtime + 10,) * 2)
+    assert not rg.evaluated(str(tmp_path), files)
+
+
+def test_a_failing_stage_stops_the_plan_naming_its_command(tmp_path):
+    stage = rg.Stage("x: train", ["python", "-c", "raise SystemExit(3)"], lambda: False)
+    with pytest.raises(SystemExit, match=r"'x: train' failed with exit status 3: python -c"):
+        rg.run_plan([stage], str(tmp_path), dry_run=False)
