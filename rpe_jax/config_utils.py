@@ -117,6 +117,18 @@ def sampler_config(config: ml_collections.ConfigDict) -> sampling.SamplerConfig:
     )
 
 
+def leaf_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    """Every leaf field by its dotted name, e.g. {"train.batch_size": 256, ...}."""
+    leaves = {}
+    for key in config.keys():
+        value = config[key]
+        if isinstance(value, ml_collections.ConfigDict):
+            leaves.update(leaf_fields(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
 def _choice(field: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"Unknown config.{field} {value!r}; choose one of {sorted(choices)}.")

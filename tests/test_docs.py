@@ -11,8 +11,9 @@ import os
 import re
 import sys
 
-import ml_collections
 import pytest
+
+from rpe_jax import config_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
@@ -42,18 +43,6 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, ROOT)
 
 
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
-    """Leaf fields as {"train.batch_size": 256, ...}."""
-    leaves = {}
-    for key in config.keys():
-        value = config[key]
-        if isinstance(value, ml_collections.ConfigDict):
-            leaves.update(flatten(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
-
-
 def experiment_configs() -> dict[str, dict]:
     """{file name: flattened config} of every configs/*.py, base.py first."""
     names = sorted(
@@ -62,7 +51,10 @@ def experiment_configs() -> dict[str, dict]:
         if not p.endswith("__init__.py")
     )
     names = ["base"] + [n for n in names if n != "base"]
-    return {f"{n}.py": flatten(importlib.import_module(f"configs.{n}").get_config()) for n in names}
+    return {
+        f"{n}.py": config_utils.leaf_fields(importlib.import_module(f"configs.{n}").get_config())
+        for n in names
+    }
 
 
 def config_matrix() -> list[str]:
@@ -92,7 +84,7 @@ def documented_fields() -> dict[str, str]:
 def test_every_config_field_is_documented_with_its_default():
     from configs import base
 
-    actual = flatten(base.get_config())
+    actual = config_utils.leaf_fields(base.get_config())
     documented = documented_fields()
     missing = sorted(set(actual) - set(documented))
     stale = sorted(set(documented) - set(actual))

@@ -29,17 +29,6 @@ FILES = sorted(
 )
 
 
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
-    leaves = {}
-    for key in config.keys():
-        value = config[key]
-        if isinstance(value, ml_collections.ConfigDict):
-            leaves.update(flatten(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
-
-
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return importlib.import_module(f"configs.experiments.{name}").get_config(arg)
 
@@ -87,7 +76,7 @@ def test_experiment_loads_validates_and_names_registered_methods(name):
 
 @pytest.mark.parametrize("name", FILES)
 def test_experiment_differs_from_the_shared_settings_exactly_as_documented(name):
-    shared, mine = flatten(common.get_config()), flatten(load(name))
+    shared, mine = config_utils.leaf_fields(common.get_config()), config_utils.leaf_fields(load(name))
     assert set(shared) == set(mine)
     changed = {key: mine[key] for key in mine if mine[key] != shared[key]}
     assert changed == DIFFERENCES[name]
