@@ -27,6 +27,7 @@ from etils import epath
 from PIL import Image
 
 from rpe_jax import config_utils, distributed, feature_extractor, metrics, paths
+from rpe_jax import sample as sample_lib
 from rpe_jax.data import sources
 from rpe_jax.progress import Progress
 
@@ -140,7 +141,8 @@ def reference_features(config, resolution, extractor, workdir: str) -> FeatureSe
 
 
 def generated_files(workdir: str, method: str, resolution) -> list[epath.Path]:
-    folder = epath.Path(workdir) / "generated" / method / config_utils.resolution_name(resolution)
+    """The sample batches of (method, resolution) on disk."""
+    folder = sample_lib.generated_folder(workdir, method, resolution)
     files = sorted(folder.glob("batch_*.npz"))
     if not files:
         raise FileNotFoundError(f"No samples in {folder}: run --mode=sample first.")
@@ -195,13 +197,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         if resolution != train_resolution and train_resolution in config_utils.sample_resolutions(config):
             files = generated_files(workdir, config.sample.methods[0], train_resolution)
             candidates.append((RESIZED_BASELINE, files, resolution))
+        shared = sample_lib.shared_samples(config, resolution)
+        scores: dict[str, dict[str, float]] = {}
         for method, files, size in candidates:
             name = f"{method} {config_utils.resolution_name(resolution)}"
-            load = functools.partial(_load_generated, files, size)
-            generated = extract(extractor, load, len(files), name)
+            source = shared.get(method, method)
+            if source not in scores:
+                load = functools.partial(_load_generated, files, size)
+                generated = extract(extractor, load, len(files), name)
+                scores[source] = score(reference, generated, config.eval.pr_k)
             row = {"method": method, "resolution": config_utils.resolution_name(resolution)}
             row["tokens"] = int(np.prod(config_utils.token_grid(config, resolution)))
-            row.update(score(reference, generated, config.eval.pr_k))
+            row.update(scores[source])
             logging.info("%s", row)
             rows.append(row)
     if jax.process_index() == 0:

@@ -36,15 +36,20 @@ def write_bytes(path: epath.PathLike, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def write_npz(path: epath.PathLike, **arrays: np.ndarray) -> None:
-    """Writes an uncompressed `.npz` atomically: to `<path>.partial`, then renamed to `path`,
-    so `path` exists only when complete (and no `*.npz` glob sees the partial file)."""
+def write_atomic(path: epath.PathLike, data: bytes) -> None:
+    """Writes `data` to `<path>.partial`, then renames it to `path`, so `path` exists only
+    when complete (and no `*.npz` glob sees the partial file)."""
     path = epath.Path(path)
+    temporary = path.with_name(path.name + ".partial")
+    write_bytes(temporary, data)
+    temporary.replace(path)
+
+
+def write_npz(path: epath.PathLike, **arrays: np.ndarray) -> None:
+    """Writes an uncompressed `.npz` atomically (`write_atomic`)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    temporary = path.with_name(path.name + ".partial")
-    write_bytes(temporary, buffer.getvalue())
-    temporary.replace(path)
+    write_atomic(path, buffer.getvalue())
 
 
 def read_npz(path: epath.PathLike) -> dict[str, np.ndarray]:

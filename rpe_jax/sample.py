@@ -99,6 +99,29 @@ class GridSampler:
         return multihost_utils.process_allgather(out, tiled=True)[:b]
 
 
+def shared_samples(config: ml_collections.ConfigDict, resolution) -> dict[str, str]:
+    """{configured method: the first configured method that draws the same samples at
+    `resolution`} (itself when none does), by `sampling.same_sampler`. `generate` copies the
+    batches of such a method and `evaluate` copies its scores instead of recomputing them.
+    """
+    args = (
+        config_utils.model_config(config).head_dim,
+        config_utils.token_grid(config, resolution),
+        config_utils.train_grid(config),
+        config_utils.max_positions(config),
+    )
+    sampler_config = config_utils.sampler_config(config)
+    inputs: dict[str, dict[str, np.ndarray]] = {}
+    first: dict[str, str] = {}
+    for method in config.sample.methods:
+        mine = sampling.sampler_inputs(*args, methods_lib.get_method(method), sampler_config)
+        same = (m for m, theirs in inputs.items() if sampling.same_sampler(mine, theirs))
+        first[method] = next(same, method)
+        if first[method] == method:
+            inputs[method] = mine
+    return first
+
+
 def write_sample_grids(sampler: GridSampler, params: nnx.State, step: int, workdir: str) -> list[str]:
     """Writes one PNG per configured resolution, the methods side by side; returns the
     paths (process 0 writes; every process samples).
@@ -161,11 +184,19 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
     sampler = GridSampler(config, graphdef, mesh)
     decode = _decoder(config) if jax.process_index() == 0 else None
     num_batches = -(-config.sample.num_samples // config.sample.batch_size)
+    shared = {r: shared_samples(config, r) for r in config_utils.sample_resolutions(config)}
     for method in config.sample.methods:
         for resolution in config_utils.sample_resolutions(config):
-            out_dir = epath.Path(workdir) / "generated" / method / config_utils.resolution_name(resolution)
-            files = [out_dir / f"batch_{i:05d}.npz" for i in range(num_batches)]
+            files = generated_files(workdir, method, resolution, num_batches)
             todo = [i for i, done in enumerate(distributed.exists_on_process_0(files)) if not done]
+            source = shared[resolution][method]
+            if source != method:
+                logging.info("%s at %s draws the samples of %s: copied.", method, resolution, source)
+                if jax.process_index() == 0:
+                    for index in todo:
+                        copy_from = generated_files(workdir, source, resolution, num_batches)[index]
+                        paths.write_atomic(files[index], copy_from.read_bytes())
+                continue
             logging.info(
                 "%s at %s (step %d): %d of %d batches to do.",
                 method,
@@ -182,6 +213,17 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
                 if decode is not None:
                     _write_batch(to_uint8(decode(images)), labels, files[index], index == 0)
                 progress.update(len(labels))
+
+
+def generated_folder(workdir: epath.PathLike, method: str, resolution) -> epath.Path:
+    """Where the sample batches of (method, resolution) go: `<workdir>/generated/<method>/<HxW>`."""
+    return epath.Path(workdir) / "generated" / method / config_utils.resolution_name(resolution)
+
+
+def generated_files(workdir: epath.PathLike, method: str, resolution, num_batches: int) -> list[epath.Path]:
+    """Its batch files `batch_%05d.npz`, `num_batches` of them."""
+    folder = generated_folder(workdir, method, resolution)
+    return [folder / f"batch_{i:05d}.npz" for i in range(num_batches)]
 
 
 def _write_batch(images: np.ndarray, labels: np.ndarray, path: epath.Path, with_grid: bool) -> None:

@@ -1,5 +1,7 @@
 """Tests of the samplers: an analytic flow, the time shift, determinism across meshes."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +57,17 @@ def test_time_shift():
     assert flow.resolution_shift(256, 1024) == 2.0
 
 
-def _tiny_sampler(method="rpe2d", grid=(12, 12), solver="heun"):
+TINY_SAMPLER = sampling.SamplerConfig(steps=3, cfg_scale=2.0)
+
+
+def _tiny_config():
     config = demo.get_config()
     config.model.depth, config.model.width, config.model.heads = 2, 64, 2
+    return config
+
+
+def _tiny_sampler(method="rpe2d", grid=(12, 12), solver="heun"):
+    config = _tiny_config()
     model = config_utils.build_model(config, nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
@@ -67,7 +77,7 @@ def _tiny_sampler(method="rpe2d", grid=(12, 12), solver="heun"):
         config_utils.train_grid(config),
         config_utils.max_positions(config),
         methods.get_method(method),
-        sampling.SamplerConfig(steps=3, solver=solver, cfg_scale=2.0),
+        dataclasses.replace(TINY_SAMPLER, solver=solver),
     )
     return fn, params
 
@@ -95,8 +105,7 @@ def test_a_sample_does_not_depend_on_the_batch_around_it(solver):
 
 
 def test_grid_sampler_pads_to_the_mesh_and_returns_every_image():
-    config = demo.get_config()
-    config.model.depth, config.model.width, config.model.heads = 2, 64, 2
+    config = _tiny_config()
     config.sample.steps = 2
     model = config_utils.build_model(config, nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
@@ -108,6 +117,37 @@ def test_grid_sampler_pads_to_the_mesh_and_returns_every_image():
     assert isinstance(out, np.ndarray) and out.shape == (5, 24, 24, 3)
     np.testing.assert_allclose(sampler.images(params, (24, 24), "rpe2d", labels[:3], jax.random.key(0)),
                                out[:3], atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "a, b, grid, same",
+    [
+        ("extrapolation", "pi", (8, 8), True),  # interpolation is the identity on the training grid
+        ("extrapolation", "pi", (16, 16), False),
+        ("yarn", "vision_yarn", (16, 16), True),  # per-axis = isotropic on a square grid
+        ("yarn", "vision_yarn", (8, 16), False),
+        ("rpe2d", "rpe2d_no_shift", (12, 12), False),  # only the solver times differ
+        ("rpe2d", "rpe2d_contiguous", (12, 12), False),  # only the positions differ
+        ("lumina_next", "extrapolation", (16, 16), False),  # time-aware frequencies
+    ],
+)
+def test_methods_with_equal_sampler_inputs_draw_equal_samples(a, b, grid, same):
+    config = _tiny_config()
+    inputs = [
+        sampling.sampler_inputs(
+            config_utils.model_config(config).head_dim,
+            grid,
+            config_utils.train_grid(config),
+            config_utils.max_positions(config),
+            methods.get_method(m),
+            TINY_SAMPLER,
+        )
+        for m in (a, b)
+    ]
+    assert sampling.same_sampler(*inputs) == same
+    samplers = [_tiny_sampler(m, grid) for m in (a, b)]
+    images = [np.asarray(fn(params, jax.random.key(0), jnp.arange(2))) for fn, params in samplers]
+    assert np.allclose(images[0], images[1], atol=1e-5) == same
 
 
 @pytest.mark.parametrize("method", ["lumina_next", "yarn", "rpe2d_contiguous"])
@@ -142,8 +182,7 @@ def test_time_shift_switch():
 def test_guidance_interval_limits_guidance():
     # With the interval outside [0, 1] guidance never applies: same as cfg_scale = 1.
     _, params = _tiny_sampler()
-    config = demo.get_config()
-    config.model.depth, config.model.width, config.model.heads = 2, 64, 2
+    config = _tiny_config()
     graphdef = nnx.graphdef(config_utils.build_model(config, nnx.Rngs(0)))
     grid, train, limit = (12, 12), config_utils.train_grid(config), config_utils.max_positions(config)
     rpe = methods.get_method("rpe2d")

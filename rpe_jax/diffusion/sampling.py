@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rpe_jax import methods as methods_lib
@@ -145,6 +146,44 @@ def shift_alpha(config: SamplerConfig, method: methods_lib.Method, n_train: int,
 def time_grid(steps: int, alpha: float = 1.0) -> jax.Array:
     """[steps + 1] times from 0 to 1, shifted towards noise for alpha > 1."""
     return flow.shift_time(jnp.linspace(0.0, 1.0, steps + 1), alpha)
+
+
+def sampler_inputs(
+    head_dim: int,
+    grid: tuple[int, int],
+    train_grid: tuple[int, int],
+    max_positions: tuple[int, int],
+    method: methods_lib.Method,
+    config: SamplerConfig,
+) -> dict[str, np.ndarray]:
+    """Everything a method changes in `make_sampler`'s computation, as arrays: the token
+    positions [N, 2], the solver times [S + 1], and the RoPE frequencies [S + 1, 2, F] and
+    logit factor [S + 1] at each of those times (the only times a solver evaluates).
+
+    Two methods with equal inputs at a grid draw the same samples, so a sweep samples one
+    and copies it (`methods_lib` presets coincide often: every rule is the identity on the
+    training grid, and the per-axis rules equal the isotropic ones on square grids).
+    """
+    n_train, n_test = train_grid[0] * train_grid[1], grid[0] * grid[1]
+    times = time_grid(config.steps, shift_alpha(config, method, n_train, n_test))
+    ropes = [
+        rope_lib.make_rope(
+            head_dim, train_grid, grid, method.frequency_rule, method.attention_scale, t, config.rope_options
+        )
+        for t in times
+    ]
+    return {
+        "positions": np.asarray(methods_lib.method_positions(method, grid, max_positions)),
+        "times": np.asarray(times),
+        "freqs": np.stack([np.asarray(r.freqs) for r in ropes]),
+        "logit_scale": np.stack([np.asarray(r.logit_scale) for r in ropes]),
+    }
+
+
+def same_sampler(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    """Whether two `sampler_inputs` agree (to float32 rounding: rules reach equal values
+    through different arithmetic)."""
+    return all(a[k].shape == b[k].shape and np.allclose(a[k], b[k], rtol=1e-6, atol=0) for k in a)
 
 
 def make_sampler(
