@@ -15,9 +15,11 @@ import re
 
 import ml_collections
 import pytest
+from clu import metric_writers
 from PIL import Image
 
 from benchmarks import resolution_generalization as rg
+from benchmarks import results_report as report
 from configs.experiments import common
 from rpe_jax import config_utils, methods
 
@@ -89,7 +91,8 @@ def test_shared_scale():
     assert config.model.variant == "DiT-S/2" and (config.model.depth, config.model.width) == (4, 128)
     assert (config.model.heads, config.train.batch_size, config.seed) == (4, 32, 0)
     assert config.sample.resolutions == (8, 12, 16, 24, 32, "16x32")
-    assert config.sample.num_samples == config.eval.num_reference == 1000
+    assert config.sample.num_samples == config.eval.num_reference == 500
+    assert (config.sample.solver, config.sample.steps, config.sample.cfg_scale) == ("heun", 10, 1.0)
     assert config.train.keep_checkpoints > common.CHECKPOINTS_PER_RUN  # the curve needs them all
 
 
@@ -133,7 +136,7 @@ def test_config_switches():
 
 
 def row(method, resolution, fid, **extra):
-    h, w = rg.side_pair(resolution)
+    h, w = config_utils.parse_resolution(resolution)
     metrics = {"sfid": 1.0, "inception_score": 2.0, "precision": 0.5, "recall": 0.25} | extra
     return {"method": method, "resolution": resolution, "tokens": h * w // 4, "fid": fid, **metrics}
 
@@ -147,7 +150,7 @@ def run_config(resolution=16, steps=6000, methods_=("rpe2d",)):
     }
 
 
-def synthetic_runs() -> dict[str, rg.Run]:
+def synthetic_runs() -> dict[str, report.Run]:
     """Two baselines and RPE-2D at three resolutions, plus a fine-tune with a curve."""
     plain = [
         row(m, r, fid)
@@ -159,9 +162,11 @@ def synthetic_runs() -> dict[str, rg.Run]:
     rpe += [row("train_resized", "8x8", 21.0)]
     finetune_config = run_config(32, 1500)
     return {
-        "plain_rope": rg.Run("plain_rope", run_config(methods_=("extrapolation", "ntk")), plain, {}, 6000),
-        "rpe2d": rg.Run("rpe2d", run_config(), rpe + [row("rpe2d", "32x32", 60.0)], {}, 6000),
-        "rpe2d_finetune": rg.Run(
+        "plain_rope": report.Run(
+            "plain_rope", run_config(methods_=("extrapolation", "ntk")), plain, {}, 6000
+        ),
+        "rpe2d": report.Run("rpe2d", run_config(), rpe + [row("rpe2d", "32x32", 60.0)], {}, 6000),
+        "rpe2d_finetune": report.Run(
             "rpe2d_finetune",
             finetune_config,
             [row("rpe2d", "16x16", 14.0), row("rpe2d", "32x32", 12.0)],
@@ -181,7 +186,7 @@ def cells(lines: list[str]) -> dict[tuple[str, str], list[str]]:
 
 def test_main_table_places_each_value_in_its_cell():
     runs = synthetic_runs()
-    rows = rg.main_rows(runs)
+    rows = report.main_rows(runs)
     assert rows == [
         ("plain_rope", "extrapolation"),
         ("plain_rope", "ntk"),
@@ -189,21 +194,21 @@ def test_main_table_places_each_value_in_its_cell():
         ("rpe2d", "rpe2d"),
         ("rpe2d", "train_resized"),
     ]
-    columns = rg.main_columns(runs, rows, "16x16")
+    columns = report.main_columns(runs, rows, "16x16")
     assert [label for _, label in columns] == ["8x8 (0.5x)", "16x16 (train)", "32x32 (2x)", "16x32 (1x, 2x)"]
-    lines = rg.metric_table(runs, rows, columns, "fid")
+    lines = report.metric_table(runs, rows, columns, "fid")
     assert lines[0] == "| checkpoint | method | 8x8 (0.5x) | 16x16 (train) | 32x32 (2x) | 16x32 (1x, 2x) |"
     table = cells(lines)
     assert table[("plain_rope", "extrapolation")] == ["30.00", "**10.00**", "90.00", "—"]
     assert table[("plain_rope", "ntk")] == ["31.00", "**10.00**", "50.00", "—"]
     assert table[("plain_rope", "train_resized")] == ["**20.00**", "—", "**40.00**", "—"]
     assert table[("rpe2d", "rpe2d")] == ["25.00", "11.00", "60.00", "**35.00**"]
-    recall = cells(rg.metric_table(runs, rows, columns, "recall"))
+    recall = cells(report.metric_table(runs, rows, columns, "recall"))
     assert recall[("rpe2d", "rpe2d")] == ["**0.250**", "**0.250**", "**0.250**", "**0.250**"]
 
 
 def test_curve_starts_a_finetune_at_its_source_compute_and_score():
-    points = rg.curve_points(synthetic_runs(), {"rpe2d_finetune": "rpe2d"})
+    points = report.curve_points(synthetic_runs(), {"rpe2d_finetune": "rpe2d"})
     pretrain = common.train_flops(6000, 64)
     step = common.train_flops(1, 256)
     assert [(p["step"], p["fid"]) for p in points] == [(0, 60.0), (750, 20.0), (1500, 12.0)]
@@ -211,7 +216,7 @@ def test_curve_starts_a_finetune_at_its_source_compute_and_score():
         [pretrain, pretrain + 750 * step, pretrain + 1500 * step]
     )
     assert (
-        rg.curve_table(points)[3]
+        report.curve_table(points)[3]
         == f"| rpe2d_finetune | rpe2d | 750 | {points[1]['flops'] / 1e12:.1f} | 20.00 | 0.400 | 0.250 |"
     )
 
@@ -219,31 +224,30 @@ def test_curve_starts_a_finetune_at_its_source_compute_and_score():
 def test_retention_and_grid_choices():
     runs = synthetic_runs()
     table = cells(
-        rg.metric_table(
-            runs, [("rpe2d", "rpe2d"), ("rpe2d_finetune", "rpe2d")], rg.retention_columns(), "fid"
+        report.metric_table(
+            runs, [("rpe2d", "rpe2d"), ("rpe2d_finetune", "rpe2d")], report.retention_columns(), "fid"
         )
     )
     assert table == {
         ("rpe2d", "rpe2d"): ["**11.00**", "—", "60.00"],
         ("rpe2d_finetune", "rpe2d"): ["14.00", "—", "**12.00**"],
     }
-    choices = dict(rg.grid_choices(runs, [("8x8", ""), ("32x32", "")]))
+    choices = dict(report.grid_choices(runs, [("8x8", ""), ("32x32", "")]))
     assert choices["8x8"] == [("rpe2d", "rpe2d", 25.0), ("plain_rope", "extrapolation", 30.0)]
     assert choices["32x32"] == [("rpe2d", "rpe2d", 60.0), ("plain_rope", "ntk", 50.0)]
 
 
 def test_replace_block_keeps_the_text_around_the_markers():
-    text = (
-        "# Title\n\nhand-written intro\n\n" + rg.BEGIN_LINE + "\nold\n" + rg.END + "\n\n## Discussion\nmine\n"
-    )
-    new = rg.replace_block(text, "new table")
+    block = report.BEGIN_LINE + "\nold\n" + report.END
+    text = "# Title\n\nhand-written intro\n\n" + block + "\n\n## Discussion\nmine\n"
+    new = report.replace_block(text, "new table")
     assert new == text.replace("\nold\n", "\nnew table\n")
-    assert rg.replace_block(new, "newer") == text.replace("\nold\n", "\nnewer\n")
-    appended = rg.replace_block("# Someone's page\n", "block")
-    assert appended == f"# Someone's page\n\n{rg.BEGIN_LINE}\nblock\n{rg.END}\n"
+    assert report.replace_block(new, "newer") == text.replace("\nold\n", "\nnewer\n")
+    appended = report.replace_block("# Someone's page\n", "block")
+    assert appended == f"# Someone's page\n\n{report.BEGIN_LINE}\nblock\n{report.END}\n"
 
 
-def write_run(root: str, run: rg.Run) -> None:
+def write_run(root: str, run: report.Run) -> None:
     workdir = os.path.join(root, run.name)
     os.makedirs(os.path.join(workdir, "eval"))
     os.makedirs(os.path.join(workdir, "checkpoints", str(run.steps)))
@@ -268,10 +272,10 @@ def test_assemble_writes_the_document_assets_and_csv(tmp_path):
         write_run(root, run)
     with open(os.path.join(root, "timings.json"), "w") as f:
         json.dump({"rpe2d: train": 125.0, "rpe2d: sample": 3600.0, "classifier": 60.0}, f)
-    rg.assemble(root, doc, "python -m benchmarks.resolution_generalization --root=/r")
+    report.assemble(root, doc, "python -m benchmarks.resolution_generalization --root=/r")
     text = open(doc).read()
     assert text.startswith("# Results") and "python -m benchmarks.resolution_generalization --root=/r" in text
-    assert text.count(rg.BEGIN) == 1 and text.count(rg.END) == 1
+    assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
     assert "| rpe2d | rpe2d | 25.00 | 11.00 | 60.00 | **35.00** |" in text
     assert "| rpe2d | 6000 | 8x8 | 32 | 62.8 | 2m05s | 1h00m | — | — |" in text
     for link in re.findall(r"\]\(([^)]+)\)", text):  # assets beside the document, the rest in the repo
@@ -296,7 +300,7 @@ def test_assemble_writes_the_document_assets_and_csv(tmp_path):
     # A re-run rewrites the block only.
     with open(doc, "a") as f:
         f.write("Our discussion.\n")
-    rg.assemble(root, doc, "another command")
+    report.assemble(root, doc, "another command")
     again = open(doc).read()
     assert again.endswith("Our discussion.\n") and "another command" not in again
 
@@ -347,3 +351,32 @@ def test_a_failing_stage_stops_the_plan_naming_its_command(tmp_path):
     stage = rg.Stage("x: train", ["python", "-c", "raise SystemExit(3)"], lambda: False)
     with pytest.raises(SystemExit, match=r"'x: train' failed with exit status 3: python -c"):
         rg.run_plan([stage], str(tmp_path), dry_run=False)
+
+
+def test_only_drawn_cells_cost_sampling_and_scoring():
+    # On the training grid every rule is the identity except FiTv2's NTK-pro pair, whose
+    # multiplier sqrt(ln(2L) / ln(L0)) exceeds 1 there (BASELINES.md); so 14 baselines draw 3.
+    config = load("plain_rope", "samples=10")
+    drawn = rg.drawn_cells(config, common.BASELINES, (16,))
+    assert drawn == {("extrapolation", "16x16"), ("ntk_pro1", "16x16"), ("ntk_pro2", "16x16")}
+    assert rg.evaluation_cells(config, common.BASELINES, (16,)) == 3
+    files = rg.sample_files(config, "/nonexistent", common.BASELINES, (16,))
+    one = rg.sample_files(config, "/nonexistent", ("extrapolation",), (16,))
+    assert rg.sample_work(config, files) == 3 * rg.sample_work(config, one)
+
+
+def test_training_loss_is_read_from_the_event_files(tmp_path):
+    writer = metric_writers.create_default_writer(str(tmp_path))
+    logged = [(100, 0.9), (200, 0.5), (300, 0.42), (400, 0.40), (500, 0.41)]
+    for step, loss in logged:
+        writer.write_scalars(step, {"train_loss": loss, "train_grad_norm": 1.0})
+    writer.close()
+    curve = report.loss_curve(str(tmp_path))
+    assert [s for s, _ in curve] == [s for s, _ in logged]
+    assert [v for _, v in curve] == pytest.approx([v for _, v in logged])
+    # 10 % of 5 points rounds to 1: the last value against the one before.
+    last, change = report.loss_change(curve)
+    assert last == pytest.approx(0.41) and change == pytest.approx(0.01 / 0.40)
+    last, change = report.loss_change(curve, fraction=0.4)  # 2 points: (0.40 + 0.41) vs (0.5 + 0.42)
+    assert last == pytest.approx(0.405) and change == pytest.approx((0.405 - 0.46) / 0.46)
+    assert report.loss_change(curve[:1]) is None
