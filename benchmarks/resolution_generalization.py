@@ -45,10 +45,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIOR_FLOPS_PER_S = 3 * common.train_flops(1, 64)
 # Fixed costs, measured on the tiny run (2 loaded CPU cores): start-up, restore and the train
 # step's compilation per subprocess; compiling one (method, resolution) sampler; scoring one
-# cell (mostly the 2048 x 2048 matrix square root of sFID).
+# cell (mostly the two 2048 x 2048 eigendecompositions of sFID).
 STAGE_OVERHEAD_S = 45
 SAMPLER_COMPILE_S = 20
-EVAL_CELL_S = 60
+EVAL_CELL_S = 30
 
 # ---------------------------------------------------------------- the plan of stages
 
