@@ -44,7 +44,7 @@ def test_evaluate_writes_the_table_csv_json_and_plot(tmp_path):
     classifier.save_classifier(model, extractor_dir, notes={})
     workdir = tmp_path / "run"
     _run(workdir, "train")
-    _run(workdir, "sample")
+    sampled = _run(workdir, "sample")
     _run(workdir, "evaluate", f"--config.eval.extractor_path={extractor_dir}")
     out = workdir / "eval"
     rows = json.loads((out / "results.json").read_text())
@@ -57,13 +57,14 @@ def test_evaluate_writes_the_table_csv_json_and_plot(tmp_path):
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
         assert row["inception_score"] >= 1 - 1e-6
     # At the training grid rpe2d_plain is rpe2d (no scale, no shift to drop): its batches are
-    # copies and its scores reused; at 24 px the two samplers differ.
+    # copies and its scores reused; at 24 px the two samplers differ and both are drawn.
+    assert "rpe2d_plain at (16, 16) draws the samples of rpe2d: copied" in sampled
+    assert "rpe2d_plain at (24, 24) draws" not in sampled
     folder = workdir / "generated"
-    same = [(folder / m / "16x16" / "batch_00000.npz").read_bytes() for m in ("rpe2d", "rpe2d_plain")]
-    other = [(folder / m / "24x24" / "batch_00000.npz").read_bytes() for m in ("rpe2d", "rpe2d_plain")]
-    assert same[0] == same[1] and other[0] != other[1]
-    scores = {(r["method"], r["resolution"]): r["fid"] for r in rows}
-    assert scores[("rpe2d", "16x16")] == scores[("rpe2d_plain", "16x16")]
+    copies = [(folder / m / "16x16" / "batch_00001.npz").read_bytes() for m in ("rpe2d", "rpe2d_plain")]
+    assert copies[0] == copies[1]
+    scores = {(r["method"], r["resolution"]): r for r in rows}
+    assert scores[("rpe2d", "16x16")] | {"method": "rpe2d_plain"} == scores[("rpe2d_plain", "16x16")]
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     table = (out / "results.md").read_text()
