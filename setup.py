@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest",
         "ruff",
+        "mypy==2.4.1",  # type check of rpe_jax (config in pyproject.toml; run by .ci/run)
         "torch==2.14.1",
         "torchvision==0.29.1",
         "pytorch-fid==0.3.0",

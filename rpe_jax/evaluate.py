@@ -65,19 +65,19 @@ def extract(extractor, load_batch: Callable[[int], np.ndarray], num_batches: int
             f"{name}: {num_batches} batches cannot keep {jax.process_count()} processes busy; "
             "lower config.eval.batch_size or use more samples."
         )
-    pool, logits, order = [], [], []
+    pool_parts, logit_parts, order_parts = [], [], []
     spatial = metrics.StatsAccumulator()
     progress = Progress(len(mine), name, unit="batches")
     for index in mine:
         features = jax.device_get(extractor(load_batch(index)))
-        pool.append(np.asarray(features.pool))
-        logits.append(np.asarray(features.logits))
-        order.append(np.full(len(pool[-1]), index))
+        pool_parts.append(np.asarray(features.pool))
+        logit_parts.append(np.asarray(features.logits))
+        order_parts.append(np.full(len(pool_parts[-1]), index))
         spatial.update(np.asarray(features.spatial))
         progress.update()
-    rows = np.argsort(distributed.allgather_rows(np.concatenate(order)), kind="stable")
-    pool = distributed.allgather_rows(np.concatenate(pool))[rows]
-    logits = distributed.allgather_rows(np.concatenate(logits))[rows]
+    rows = np.argsort(distributed.allgather_rows(np.concatenate(order_parts)), kind="stable")
+    pool = distributed.allgather_rows(np.concatenate(pool_parts))[rows]
+    logits = distributed.allgather_rows(np.concatenate(logit_parts))[rows]
     return FeatureSet(pool, metrics.feature_stats(pool), _gathered_stats(spatial), logits)
 
 
@@ -193,7 +193,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     rows = []
     for resolution in config_utils.sample_resolutions(config):
         reference = reference_features(config, resolution, extractor, workdir)
-        candidates = [(m, generated_files(workdir, m, resolution), None) for m in config.sample.methods]
+        candidates: list[tuple[str, list[epath.Path], config_utils.Grid | None]] = [
+            (m, generated_files(workdir, m, resolution), None) for m in config.sample.methods
+        ]
         if resolution != train_resolution and train_resolution in config_utils.sample_resolutions(config):
             files = generated_files(workdir, config.sample.methods[0], train_resolution)
             candidates.append((RESIZED_BASELINE, files, resolution))
@@ -206,7 +208,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                 load = functools.partial(_load_generated, files, size)
                 generated = extract(extractor, load, len(files), name)
                 scores[source] = score(reference, generated, config.eval.pr_k)
-            row = {"method": method, "resolution": config_utils.resolution_name(resolution)}
+            row: dict[str, str | int | float] = {
+                "method": method,
+                "resolution": config_utils.resolution_name(resolution),
+            }
             row["tokens"] = int(np.prod(config_utils.token_grid(config, resolution)))
             row.update(scores[source])
             logging.info("%s", row)

@@ -50,7 +50,8 @@ def batched_features(model: nnx.Module, batch_size: int = DEFAULT_BATCH_SIZE) ->
             padded = np.pad(batch, [(0, batch_size - len(batch)), (0, 0), (0, 0), (0, 0)])
             out = forward(state, jnp.asarray(padded))
             parts.append([np.asarray(field[: len(batch)], np.float32) for field in out])
-        return inception.InceptionFeatures(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+        pool, logits, spatial = (np.concatenate(field) for field in zip(*parts, strict=True))
+        return inception.InceptionFeatures(pool=pool, logits=logits, spatial=spatial)
 
     return features
 

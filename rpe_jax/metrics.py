@@ -178,7 +178,7 @@ class StatsAccumulator:
       stats = acc.result()
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._count = 0
         self._mean: np.ndarray | None = None
         self._m2: np.ndarray | None = None
@@ -214,7 +214,7 @@ class StatsAccumulator:
         """
         if count == 0:
             return
-        if self._mean is None:
+        if self._mean is None or self._m2 is None:
             self._count, self._mean, self._m2 = int(count), np.asarray(mean), np.asarray(m2)
             return
         if np.shape(mean) != self._mean.shape:
@@ -227,7 +227,7 @@ class StatsAccumulator:
         Raises:
           ValueError: if nothing was seen yet.
         """
-        if self._mean is None:
+        if self._mean is None or self._m2 is None:
             raise ValueError("no samples seen yet.")
         return self._count, self._mean, self._m2
 
@@ -239,7 +239,8 @@ class StatsAccumulator:
         """
         if self._count < 2:
             raise ValueError(f"need at least 2 samples for a covariance, got {self._count}.")
-        return FeatureStats(mean=self._mean.copy(), cov=self._m2 / (self._count - 1), count=self._count)
+        count, mean, m2 = self.moments()
+        return FeatureStats(mean=mean.copy(), cov=m2 / (count - 1), count=count)
 
 
 def _nonnegative(eigenvalues: np.ndarray, name: str) -> np.ndarray:
@@ -415,15 +416,15 @@ def precision_recall(
     """
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}.")
-    real = _checked_features(real_features, "real_features", min_rows=k + 1)
-    fake = _checked_features(fake_features, "fake_features", min_rows=k + 1)
-    if real.shape[1] != fake.shape[1]:
+    checked_real = _checked_features(real_features, "real_features", min_rows=k + 1)
+    checked_fake = _checked_features(fake_features, "fake_features", min_rows=k + 1)
+    if checked_real.shape[1] != checked_fake.shape[1]:
         raise ValueError(
-            f"feature widths differ: real F={real.shape[1]}, fake F={fake.shape[1]}; "
+            f"feature widths differ: real F={checked_real.shape[1]}, fake F={checked_fake.shape[1]}; "
             "use the same network layer for both."
         )
-    real = jnp.asarray(real, jnp.float32)
-    fake = jnp.asarray(fake, jnp.float32)
+    real = jnp.asarray(checked_real, jnp.float32)
+    fake = jnp.asarray(checked_fake, jnp.float32)
     real_sq_radii = _knn_sq_radii(real, k, batch_size)
     fake_sq_radii = _knn_sq_radii(fake, k, batch_size)
     fakes_inside = int(jnp.sum(_inside_balls(fake, real, real_sq_radii, batch_size)))

@@ -48,7 +48,8 @@ def write_atomic(path: epath.PathLike, data: bytes) -> None:
 def write_npz(path: epath.PathLike, **arrays: np.ndarray) -> None:
     """Writes an uncompressed `.npz` atomically (`write_atomic`)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    # mypy matches `**arrays` against savez's `allow_pickle: bool` keyword as well as `**kwds`.
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     write_atomic(path, buffer.getvalue())
 
 

@@ -147,7 +147,7 @@ def extrapolation_weights(d: int, n0: int, high_rot: float, low_rot: float, thet
     as trained (extrapolates), 0 takes the interpolated one; a linear ramp between
     `floor(corr(high_rot))` (clamped at 0) and `ceil(corr(low_rot))` (clamped at d-1)."""
     low = max(math.floor(_correction_dim(high_rot, d, n0, theta)), 0)
-    high = min(math.ceil(_correction_dim(low_rot, d, n0, theta)), d - 1)
+    high: float = min(math.ceil(_correction_dim(low_rot, d, n0, theta)), d - 1)
     if low == high:
         high += 0.001  # as the peers do, to avoid a zero-width ramp
     ramp = np.clip((np.arange(d // 2) - low) / (high - low), 0.0, 1.0)
@@ -257,7 +257,7 @@ def _fit_rules() -> dict[str, FrequencyRule]:
         "ntk_pro1": (_ntk, _pro1_multiplier),  # FiTv2 `ntkpro1`
         "ntk_pro2": (_ntk, _pro2_multiplier),  # FiTv2 `ntkpro2`
     }
-    rules = {}
+    rules: dict[str, FrequencyRule] = {}
     for name, (axis_rule, multiplier) in table.items():
         rules[name] = functools.partial(_fit_rule, axis_rule, multiplier, False)
         if name != "extrapolation":

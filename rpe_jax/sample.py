@@ -4,6 +4,7 @@ Legend: B batch, H x W image, C channels.
 """
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +69,7 @@ class GridSampler:
         self.train_grid = config_utils.train_grid(config)
         self.max_positions = config_utils.max_positions(config)
         self.sampler_config = config_utils.sampler_config(config)
-        self._samplers = {}
+        self._samplers: dict[tuple[tuple[int, ...], str], Callable[..., jax.Array]] = {}
 
     def images(self, params: nnx.State, resolution, method: str, labels: np.ndarray, key: jax.Array):
         """Samples model-space outputs (pixels in [-1, 1] or latents).

@@ -14,8 +14,7 @@ from flax import nnx
 from rpe_jax import checkpoint, config_utils, sharding
 
 
-@flax.struct.dataclass
-class TrainState:
+class TrainState(flax.struct.PyTreeNode):
     """Everything a resumed run needs besides the data iterator.
 
     Attributes:
@@ -90,7 +89,15 @@ def state_shardings(
     opt = optax.tree_map_params(
         tx, lambda _, s: s, abstract.opt_state, params, transform_non_params=lambda _: replicated
     )
-    return TrainState(step=replicated, params=params, ema_params=params, opt_state=opt, rng=replicated)
+    # A TrainState-shaped tree of shardings (what jit's out_shardings takes): its leaves are
+    # shardings, not the arrays the fields are typed with.
+    return TrainState(
+        step=replicated,  # type: ignore[arg-type]
+        params=params,
+        ema_params=params,
+        opt_state=opt,
+        rng=replicated,  # type: ignore[arg-type]
+    )
 
 
 def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):

@@ -390,8 +390,12 @@ def _draw_background(rng: np.random.Generator, waves: int = 3) -> Background:
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     """Returns `value` as an int, or raises ValueError naming it and the valid range."""
     valid = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-    is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if not is_int or value < minimum or (maximum is not None and value > maximum):
+    if (
+        not isinstance(value, int | np.integer)
+        or isinstance(value, bool)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
     return int(value)
 
@@ -493,7 +497,7 @@ class ProceduralSource:
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> dict[str, np.ndarray | np.int32]:
         """Record `index` in [0, size): {"image": [H, W, 3] float32, "label": int32}."""
         if not 0 <= index < self.size:
             raise IndexError(f"index must be in [0, {self.size}), got {index!r}")

@@ -28,8 +28,8 @@ import math
 import os
 import pathlib
 import zlib
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import grain
 import ml_collections
@@ -315,7 +315,8 @@ def encode_latent_record(latents: Mapping[str, np.ndarray], label: int, index: i
     """
     buffer = io.BytesIO()
     arrays = {f"latents_{name}": value for name, value in latents.items()}
-    np.savez(buffer, label=np.int64(label), index=np.int64(index), **arrays)
+    # mypy matches `**arrays` against savez's `allow_pickle: bool` keyword as well as `**kwds`.
+    np.savez(buffer, label=np.int64(label), index=np.int64(index), **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
@@ -398,6 +399,11 @@ class LatentSource:
         return {"latents": example["latents"], "label": example["label"]}
 
 
+def _pair(resolution: Sequence[int]) -> Resolution:
+    """`resolution` as an (H, W) tuple (a config may hold it as a list)."""
+    return cast(Resolution, tuple(resolution))
+
+
 def _procedural(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
     size = config.train_size if split == "train" else config.eval_size
     return procedural.ProceduralSource(
@@ -406,7 +412,7 @@ def _procedural(config: ml_collections.ConfigDict, split: str, resolution: Resol
 
 
 def _image_folder(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
-    return ImageFolderSource(config.root, split, tuple(resolution), config.num_classes)
+    return ImageFolderSource(config.root, split, _pair(resolution), config.num_classes)
 
 
 def _imagenet_tfds(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
@@ -423,11 +429,11 @@ def _imagenet_tfds(config: ml_collections.ConfigDict, split: str, resolution: Re
             "`tfds.builder('imagenet2012', data_dir=DATA, file_format='array_record')"
             ".download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=MANUAL))`."
         ) from err
-    return TfdsImageSource(records, tuple(resolution))
+    return TfdsImageSource(records, _pair(resolution))
 
 
 def _fashion_mnist(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
-    return FashionMnistSource(config.root or FASHION_MNIST_DIR, split, tuple(resolution))
+    return FashionMnistSource(config.root or FASHION_MNIST_DIR, split, _pair(resolution))
 
 
 def _latents(config: ml_collections.ConfigDict, split: str, resolution: Resolution):

@@ -57,7 +57,7 @@ def _heun(velocity, x, t0, t1, key, sde_scale):
     return x + (t1 - t0) * 0.5 * (v0 + velocity(x1, t1))
 
 
-def normal_like(key: jax.Array, x: jax.Array) -> jax.Array:
+def normal_like(key: jax.Array, x: jax.Array | jax.ShapeDtypeStruct) -> jax.Array:
     """Standard normal noise shaped like x [B, ...] from one key, or from one key per
     sample (`key` [B]: sample i's noise then depends on its own key only)."""
     if key.ndim == 0:

@@ -186,6 +186,7 @@ class Classifier(nnx.Module):
             x = block(x)  # [B, S / 2^index, S / 2^index, C_index]
             if index == SPATIAL_STAGE:
                 spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)  # [B, (S/2)^2 * 8]
+        assert spatial is not None  # ClassifierConfig has >= 2 blocks, so block SPATIAL_STAGE ran
         pool = jnp.mean(x, axis=(1, 2))  # [B, F]
         return InceptionFeatures(pool=pool, logits=self.head(pool), spatial=spatial)
 

@@ -18,7 +18,7 @@ Legend: B batch, H x W image, C channels, P patch, N tokens, D width, K head dim
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,7 @@ class DiTConfig:
     pos_encoding: str = "rope"
     time_scale: float = 1000.0
     dtype: Any = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: Literal["xla", "cudnn"] | None = None
 
     def __post_init__(self):
         for name in ("depth", "width", "heads", "patch", "in_channels", "num_classes"):

@@ -30,12 +30,13 @@ import dataclasses
 import pathlib
 import pickle
 import zipfile
-from typing import Any, BinaryIO, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
+from flax.typing import PathParts
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -52,11 +53,12 @@ _PRECISION = jax.lax.Precision.HIGHEST
 
 
 class InceptionFeatures(NamedTuple):
-    """The features of one batch (see the module docstring)."""
+    """The features of one batch (see the module docstring): JAX arrays from the networks,
+    NumPy arrays from `feature_extractor`'s batched functions."""
 
-    pool: jax.Array  # [B, 2048] pool_3: FID, precision and recall
-    logits: jax.Array  # [B, 1008] logits without bias: Inception Score
-    spatial: jax.Array  # [B, 2023] mixed_6/conv channels 0..6, (row, col, channel): sFID
+    pool: jax.Array | np.ndarray  # [B, 2048] pool_3: FID, precision and recall
+    logits: jax.Array | np.ndarray  # [B, 1008] logits without bias: Inception Score
+    spatial: jax.Array | np.ndarray  # [B, 2023] mixed_6/conv channels 0..6, (row, col, channel): sFID
 
 
 def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -123,10 +125,17 @@ class BasicConv(nnx.Module):
             raise ValueError(f"BasicConv padding must be 'SAME' or 'VALID', got {padding!r}.")
         if isinstance(kernel_size, int):
             kernel_size = (kernel_size, kernel_size)
-        conv_args = dict(padding=padding, use_bias=False, precision=_PRECISION, rngs=rngs)
-        bn_args = dict(use_running_average=True, epsilon=BN_EPSILON, rngs=rngs)
-        self.conv = nnx.Conv(in_features, out_features, kernel_size, strides, **conv_args)
-        self.bn = nnx.BatchNorm(out_features, **bn_args)
+        self.conv = nnx.Conv(
+            in_features,
+            out_features,
+            kernel_size,
+            strides,
+            padding=padding,
+            use_bias=False,
+            precision=_PRECISION,
+            rngs=rngs,
+        )
+        self.bn = nnx.BatchNorm(out_features, use_running_average=True, epsilon=BN_EPSILON, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, H, W, C_in] -> [B, H', W', C_out]."""
@@ -243,10 +252,10 @@ class InceptionE(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, 8, 8, C] -> [B, 8, 8, 2048]."""
-        branch3x3 = self.branch3x3_1(x)
-        branch3x3 = [self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)]
-        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        branch3x3dbl = [self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)]
+        stem3x3 = self.branch3x3_1(x)
+        branch3x3 = [self.branch3x3_2a(stem3x3), self.branch3x3_2b(stem3x3)]
+        stem3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        branch3x3dbl = [self.branch3x3dbl_3a(stem3x3dbl), self.branch3x3dbl_3b(stem3x3dbl)]
         pooled = _avg_pool_3x3(x) if self.pool == "avg" else _max_pool_3x3(x, 1, "SAME")
         branches = [self.branch1x1(x), *branch3x3, *branch3x3dbl, self.branch_pool(pooled)]
         return jnp.concatenate(branches, -1)
@@ -362,7 +371,7 @@ def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles tensor state dicts only: no global but OrderedDict, storages, tensors, parameters."""
 
-    def __init__(self, file: BinaryIO, storages: dict[str, _Storage]):
+    def __init__(self, file: IO[bytes], storages: dict[str, _Storage]):
         super().__init__(file)
         self._storages = storages
 
@@ -385,8 +394,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages.setdefault(str(key), _Storage(dtype, int(numel)))
 
 
-def _unpickle(file: BinaryIO, storages: dict[str, _Storage]) -> Any:
+def _unpickle(file: IO[bytes], storages: dict[str, _Storage]) -> Any:
     return _RestrictedUnpickler(file, storages).load()
+
+
+_BYTE_ORDERS: dict[str, Literal["<", ">"]] = {"little": "<", "big": ">"}  # torch's byteorder entry
 
 
 def _read_zip(path: pathlib.Path) -> Any:
@@ -399,9 +411,9 @@ def _read_zip(path: pathlib.Path) -> Any:
         storages: dict[str, _Storage] = {}
         with archive.open(pickles[0]) as file:
             obj = _unpickle(file, storages)
-        order = "<"
+        order: Literal["<", ">"] = "<"
         if f"{prefix}byteorder" in archive.namelist():
-            order = {"little": "<", "big": ">"}[archive.read(f"{prefix}byteorder").decode()]
+            order = _BYTE_ORDERS[archive.read(f"{prefix}byteorder").decode()]
         for key, storage in storages.items():
             raw = archive.read(f"{prefix}data/{key}")
             dtype = storage.dtype.newbyteorder(order)
@@ -471,14 +483,14 @@ _UNUSED_KEY = "fc.bias"
 _UNUSED_SUFFIX = ".num_batches_tracked"
 
 
-def _torch_key(path: tuple[str, ...]) -> str:
-    *modules, leaf = path
-    return ".".join([*map(str, modules), _LEAF_NAMES.get(leaf, leaf)])
+def _torch_key(path: PathParts) -> str:
+    *modules, leaf = map(str, path)
+    return ".".join([*modules, _LEAF_NAMES.get(leaf, leaf)])
 
 
 def _match_weights(
-    tensors: dict[str, np.ndarray], targets: dict[tuple[str, ...], jax.ShapeDtypeStruct]
-) -> tuple[dict[tuple[str, ...], np.ndarray], list[str]]:
+    tensors: dict[str, np.ndarray], targets: dict[PathParts, jax.ShapeDtypeStruct]
+) -> tuple[dict[PathParts, np.ndarray], list[str]]:
     """Returns the model's arrays by path, and the problems found (missing, shape, unexpected)."""
     values, problems, used = {}, [], set()
     for path, target in targets.items():
