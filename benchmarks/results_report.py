@@ -84,6 +84,7 @@ class Run:
       curve: {checkpoint step: rows} of the intermediate checkpoints.
       steps: the step of its last checkpoint (0: none).
       loss: [(step, training loss)] as the trainer logged it (each the mean since the last).
+      train_seconds: wall time of its training (`train_seconds`).
     """
 
     name: str
@@ -92,6 +93,7 @@ class Run:
     curve: dict[int, list[dict]] = dataclasses.field(default_factory=dict)
     steps: int = 0
     loss: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
 
 
 def read_json(path: str, default):
@@ -113,20 +115,36 @@ def load_runs(root: str) -> dict[str, Run]:
             curve[int(re.search(r"step_(\d+)", path).group(1))] = read_json(path, [])
         if config or rows:
             steps = checkpoint_steps(workdir)
-            runs[name] = Run(name, config, rows, curve, steps[-1] if steps else 0, loss_curve(workdir))
+            last = steps[-1] if steps else 0
+            runs[name] = Run(name, config, rows, curve, last, loss_curve(workdir), train_seconds(workdir))
     return runs
 
 
-def loss_curve(workdir: str, tag: str = "train_loss") -> list[tuple[int, float]]:
-    """[(step, value)] of scalar `tag` in the TensorBoard event files the trainer wrote in
-    `workdir` (CLU's writer), by step; a resumed run's repeated steps keep the last value."""
-    values = {}
+def event_scalars(workdir: str) -> list[list[tuple[str, int, float]]]:
+    """Per TensorBoard event file in `workdir` (CLU's writer: one per start or resume of a
+    trainer, in order), its scalars [(tag, step, value)]."""
+    files = []
     for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        scalars = []
         for event in event_file_loader.EventFileLoader(path).Load():
             for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tensor_util.make_ndarray(value.tensor))
+                if value.HasField("tensor"):
+                    scalars.append((value.tag, event.step, float(tensor_util.make_ndarray(value.tensor))))
+        files.append(scalars)
+    return files
+
+
+def loss_curve(workdir: str, tag: str = "train_loss") -> list[tuple[int, float]]:
+    """[(step, value)] of scalar `tag` by step; a resumed run's repeated steps keep the last."""
+    values = {step: value for scalars in event_scalars(workdir) for t, step, value in scalars if t == tag}
     return sorted(values.items())
+
+
+def train_seconds(workdir: str) -> float:
+    """Wall time of the trainer processes of `workdir`: per event file, the last `uptime`
+    that CLU's ReportProgress logged (about once a minute, so short by up to a minute), summed."""
+    files = event_scalars(workdir)
+    return sum(max((v for tag, _, v in scalars if tag == "uptime"), default=0.0) for scalars in files)
 
 
 def loss_change(curve: list[tuple[int, float]], fraction: float = 0.1) -> tuple[float, float] | None:
@@ -261,8 +279,9 @@ def retention_columns() -> list[tuple[str, str]]:
     return [(res, res + tags.get(res, "")) for res in map(resolution_name, common.FINETUNE_TEST_RESOLUTIONS)]
 
 
-def compute_table(runs: dict[str, Run], timings: dict[str, float]) -> list[str]:
-    """Per run: steps, grid, batch, training FLOPs and the recorded wall time per stage."""
+def compute_table(runs: dict[str, Run], timings: dict[str, float], classifier_seconds: float = 0.0) -> list:
+    """Per run: steps, grid, batch, training FLOPs and the wall time per stage: training from
+    the trainer's own log (`Run.train_seconds`), the others as the runner recorded them."""
     lines = [
         "| run | steps | train grid | batch | training TFLOP | train | sample | evaluate | curve |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -272,8 +291,8 @@ def compute_table(runs: dict[str, Run], timings: dict[str, float]) -> list[str]:
             continue
         h, w = config_utils.parse_resolution(resolution_name(run.config["data"]["resolution"]))
         patch = int(run.config["model"]["variant"].rsplit("/", 1)[1])
-        walls = []
-        for kind in ("train", "sample", "evaluate", "curve"):
+        walls = [fmt_duration(run.train_seconds) if run.train_seconds else "—"]
+        for kind in ("sample", "evaluate", "curve"):
             match = [s for label, s in timings.items() if label.startswith(f"{name}: {kind}")]
             walls.append(fmt_duration(sum(match)) if match else "—")
         flops = run_train_flops(run.config, run.steps) / 1e12
@@ -281,8 +300,8 @@ def compute_table(runs: dict[str, Run], timings: dict[str, float]) -> list[str]:
             f"| {name} | {run.steps} | {h // patch}x{w // patch} | {run.config['train']['batch_size']} "
             f"| {flops:.1f} | " + " | ".join(walls) + " |"
         )
-    if "classifier" in timings:
-        lines += ["", f"Classifier (feature network) training: {fmt_duration(timings['classifier'])}."]
+    if classifier_seconds:
+        lines += ["", f"Classifier (feature network) training: {fmt_duration(classifier_seconds)}."]
     return lines
 
 
@@ -308,7 +327,13 @@ def image_cell(path: str | None, caption: str) -> str:
     return f"{caption}<br>![{caption}]({path})" if path else f"{caption} (no grid)"
 
 
-def render_block(runs: dict[str, Run], timings: dict, sources: dict[str, str], assets: dict[str, str]) -> str:
+def render_block(
+    runs: dict[str, Run],
+    timings: dict,
+    sources: dict[str, str],
+    assets: dict[str, str],
+    classifier_seconds: float = 0.0,
+) -> str:
     """The Markdown between the markers of docs/results.md.
 
     Args:
@@ -317,6 +342,7 @@ def render_block(runs: dict[str, Run], timings: dict, sources: dict[str, str], a
       sources: {fine-tune: the run it starts from}.
       assets: {name: path relative to the document} of the written plots and grids
         ("resolution_fid", "compute_fid", "grid <res> <run> <method>").
+      classifier_seconds: the feature network's training time (0: not known).
     """
     train = resolution_name(common.TRAIN_RESOLUTION)
     rows = main_rows(runs)
@@ -360,7 +386,7 @@ def render_block(runs: dict[str, Run], timings: dict, sources: dict[str, str], a
     out += ["", "### Training loss", "", *loss_table(runs), ""]
     if "training_loss" in assets:
         out += [f"![Training loss against step]({assets['training_loss']})", ""]
-    out += ["### Compute", "", *compute_table(runs, timings), ""]
+    out += ["### Compute", "", *compute_table(runs, timings, classifier_seconds), ""]
     return "\n".join(out)
 
 
@@ -515,7 +541,9 @@ def assemble(root: str, doc: str, command: str) -> None:
     sources = {name: source for name in common.EXPERIMENTS if (source := load_experiment(name, None)[1])}
     doc_dir = os.path.dirname(os.path.abspath(doc))
     assets = write_assets(root, runs, sources, os.path.join(doc_dir, "assets", "results"), doc_dir)
-    block = render_block(runs, read_json(os.path.join(root, "timings.json"), {}), sources, assets)
+    timings = read_json(os.path.join(root, "timings.json"), {})
+    classifier = train_seconds(os.path.join(root, "classifier"))
+    block = render_block(runs, timings, sources, assets, classifier)
     text = open(doc).read() if os.path.exists(doc) else skeleton(command)
     with open(doc, "w") as f:
         f.write(replace_block(text, block))

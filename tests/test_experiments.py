@@ -271,13 +271,21 @@ def test_assemble_writes_the_document_assets_and_csv(tmp_path):
     for run in synthetic_runs().values():
         write_run(root, run)
     with open(os.path.join(root, "timings.json"), "w") as f:
-        json.dump({"rpe2d: train": 125.0, "rpe2d: sample": 3600.0, "classifier": 60.0}, f)
+        json.dump({"rpe2d: sample": 3600.0}, f)
+    # Training wall time comes from the trainers' own `uptime`: per event file, summed.
+    for folder, uptimes in (("rpe2d", (100.0, 25.0)), ("classifier", (60.0,))):
+        for uptime in uptimes:
+            writer = metric_writers.create_default_writer(os.path.join(root, folder))
+            writer.write_scalars(1, {"uptime": uptime / 2})
+            writer.write_scalars(2, {"uptime": uptime})
+            writer.close()
     report.assemble(root, doc, "python -m benchmarks.resolution_generalization --root=/r")
     text = open(doc).read()
     assert text.startswith("# Results") and "python -m benchmarks.resolution_generalization --root=/r" in text
     assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
     assert "| rpe2d | rpe2d | 25.00 | 11.00 | 60.00 | **35.00** |" in text
     assert "| rpe2d | 6000 | 8x8 | 32 | 62.8 | 2m05s | 1h00m | — | — |" in text
+    assert "Classifier (feature network) training: 1m00s." in text
     for link in re.findall(r"\]\(([^)]+)\)", text):  # assets beside the document, the rest in the repo
         folder = os.path.join(ROOT, "docs") if link.startswith("../") else os.path.dirname(doc)
         assert os.path.exists(os.path.join(folder, link)), link
