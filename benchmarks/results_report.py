@@ -128,8 +128,9 @@ def event_scalars(workdir: str) -> list[list[tuple[str, int, float]]]:
         scalars = []
         for event in event_file_loader.EventFileLoader(path).Load():
             for value in event.summary.value:
-                if value.HasField("tensor"):
-                    scalars.append((value.tag, event.step, float(tensor_util.make_ndarray(value.tensor))))
+                array = tensor_util.make_ndarray(value.tensor) if value.HasField("tensor") else None
+                if array is not None and array.ndim == 0 and array.dtype.kind in "fiu":
+                    scalars.append((value.tag, event.step, float(array)))
         files.append(scalars)
     return files
 

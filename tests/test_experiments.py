@@ -375,6 +375,8 @@ def test_only_drawn_cells_cost_sampling_and_scoring():
 
 def test_training_loss_is_read_from_the_event_files(tmp_path):
     writer = metric_writers.create_default_writer(str(tmp_path))
+    writer.write_hparams({"seed": 0})  # the trainer logs these too: not scalars, skipped
+    writer.write_texts(0, {"config": "model: DiT-S/2"})
     logged = [(100, 0.9), (200, 0.5), (300, 0.42), (400, 0.40), (500, 0.41)]
     for step, loss in logged:
         writer.write_scalars(step, {"train_loss": loss, "train_grad_norm": 1.0})
