@@ -469,6 +469,25 @@ def plot_resolutions(runs: dict[str, Run], rows, columns, path: str) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("FID (log)")
     ax.legend(fontsize="x-small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    _save(fig, path)
+
+
+def _line_plot(
+    path: str, lines: list[tuple[list, list, str]], xlabel: str, ylabel: str, log_y: bool = False, **style
+) -> None:
+    """One line per (xs, ys, label), in a 6 x 4 in figure; `style` goes to `Axes.plot`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for xs, ys, label in lines:
+        ax.plot(xs, ys, label=label, **style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -476,31 +495,18 @@ def plot_resolutions(runs: dict[str, Run], rows, columns, path: str) -> None:
 
 def plot_curve(points: list[dict], path: str) -> None:
     """FID at the high resolution against cumulative training TFLOP, one line per run."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    lines = []
     for name in dict.fromkeys(p["run"] for p in points):
         mine = [p for p in points if p["run"] == name]
-        ax.plot([p["flops"] / 1e12 for p in mine], [p["fid"] for p in mine], marker="o", label=name)
-    ax.set_xlabel("cumulative training TFLOP")
-    ax.set_ylabel("FID at the fine-tune resolution")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        lines.append(([p["flops"] / 1e12 for p in mine], [p["fid"] for p in mine], name))
+    _line_plot(path, lines, "cumulative training TFLOP", "FID at the fine-tune resolution", marker="o")
 
 
 def plot_loss(runs: dict[str, Run], path: str) -> None:
-    """Training loss against step, one line per run."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, run in runs.items():
-        if run.loss:
-            ax.plot(*zip(*run.loss, strict=True), label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mean per logging interval)")
-    ax.set_yscale("log")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Training loss (log scale) against step, one line per run."""
+    curves = {name: run.loss for name, run in runs.items() if run.loss}
+    lines = [([s for s, _ in curve], [v for _, v in curve], name) for name, curve in curves.items()]
+    _line_plot(path, lines, "step", "training loss (mean per logging interval)", log_y=True)
 
 
 def write_assets(root: str, runs: dict[str, Run], sources: dict[str, str], assets_dir: str, doc_dir: str):
