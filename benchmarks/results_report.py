@@ -95,6 +95,11 @@ class Run:
     loss: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     train_seconds: float = 0.0
 
+    @property
+    def trained(self) -> bool:
+        """Whether it has the checkpoint of its last step (training tables show only these)."""
+        return bool(self.config) and self.steps == self.config["train"]["num_steps"]
+
 
 def read_json(path: str, default):
     if not os.path.exists(path):
@@ -288,7 +293,7 @@ def compute_table(runs: dict[str, Run], timings: dict[str, float], classifier_se
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
-        if not run.config:
+        if not run.trained:
             continue
         h, w = config_utils.parse_resolution(resolution_name(run.config["data"]["resolution"]))
         patch = int(run.config["model"]["variant"].rsplit("/", 1)[1])
@@ -397,7 +402,7 @@ def loss_table(runs: dict[str, Run]) -> list[str]:
     lines = ["| run | steps | loss, last 10 % of steps | change from the 10 % before |"]
     lines.append("|---|---:|---:|---:|")
     for name, run in runs.items():
-        change = loss_change(run.loss)
+        change = loss_change(run.loss) if run.trained else None
         if change is not None:
             lines.append(f"| {name} | {run.loss[-1][0]} | {change[0]:.4f} | {100 * change[1]:+.1f} % |")
     return lines
@@ -504,7 +509,7 @@ def plot_curve(points: list[dict], path: str) -> None:
 
 def plot_loss(runs: dict[str, Run], path: str) -> None:
     """Training loss (log scale) against step, one line per run."""
-    curves = {name: run.loss for name, run in runs.items() if run.loss}
+    curves = {name: run.loss for name, run in runs.items() if run.trained and run.loss}
     lines = [([s for s, _ in curve], [v for _, v in curve], name) for name, curve in curves.items()]
     _line_plot(path, lines, "step", "training loss (mean per logging interval)", log_y=True)
 
@@ -522,7 +527,7 @@ def write_assets(root: str, runs: dict[str, Run], sources: dict[str, str], asset
     if rows:
         plot_resolutions(runs, rows, columns, os.path.join(assets_dir, "resolution_fid.png"))
         written["resolution_fid"] = os.path.join(assets_dir, "resolution_fid.png")
-    if any(run.loss for run in runs.values()):
+    if any(run.trained and run.loss for run in runs.values()):
         plot_loss(runs, os.path.join(assets_dir, "training_loss.png"))
         written["training_loss"] = os.path.join(assets_dir, "training_loss.png")
     points = curve_points(runs, sources)

@@ -6,6 +6,7 @@ document are pure functions of the runs' results (synthetic here), and `--dry-ru
 the stages in dependency order. Nothing trains.
 """
 
+import dataclasses
 import glob
 import importlib
 import json
@@ -390,3 +391,13 @@ def test_training_loss_is_read_from_the_event_files(tmp_path):
     last, change = report.loss_change(curve, fraction=0.4)  # 2 points: (0.40 + 0.41) vs (0.5 + 0.42)
     assert last == pytest.approx(0.405) and change == pytest.approx((0.405 - 0.46) / 0.46)
     assert report.loss_change(curve[:1]) is None
+
+
+def test_training_tables_show_only_finished_runs():
+    curve = [(step, 1.0) for step in range(100, 3100, 100)]
+    running = report.Run("rpe2d", run_config(steps=6000), [], {}, 3000, curve, 60.0)
+    finished = dataclasses.replace(running, steps=6000)
+    assert not running.trained and finished.trained
+    assert report.loss_table({"rpe2d": running}) == report.loss_table({})
+    assert len(report.loss_table({"rpe2d": finished})) == 3
+    assert len(report.compute_table({"rpe2d": running}, {})) == 2
