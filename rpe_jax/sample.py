@@ -197,6 +197,9 @@ def generate(config: ml_collections.ConfigDict, workdir: str) -> None:
                     for index in todo:
                         copy_from = generated_files(workdir, source, resolution, num_batches)[index]
                         paths.write_atomic(files[index], copy_from.read_bytes())
+                        if index == 0:
+                            grid = generated_folder(workdir, source, resolution) / "grid.png"
+                            paths.write_atomic(files[0].parent / "grid.png", grid.read_bytes())
                 continue
             logging.info(
                 "%s at %s (step %d): %d of %d batches to do.",

@@ -63,6 +63,8 @@ def test_evaluate_writes_the_table_csv_json_and_plot(tmp_path):
     folder = workdir / "generated"
     copies = [(folder / m / "16x16" / "batch_00001.npz").read_bytes() for m in ("rpe2d", "rpe2d_plain")]
     assert copies[0] == copies[1]
+    grids = [(folder / m / "16x16" / "grid.png").read_bytes() for m in ("rpe2d", "rpe2d_plain")]
+    assert grids[0] == grids[1]
     scores = {(r["method"], r["resolution"]): r for r in rows}
     assert scores[("rpe2d", "16x16")] | {"method": "rpe2d_plain"} == scores[("rpe2d_plain", "16x16")]
     with open(out / "results.csv") as f:
