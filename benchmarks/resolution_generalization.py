@@ -293,8 +293,10 @@ class Eta:
         return sum(s.estimate(self.rate) for s in self.left.values())
 
 
-def execute(stage: Stage, root: str, timings: dict) -> float:
-    """Runs one stage from the repository root; records and returns its wall time.
+def execute(stage: Stage, root: str) -> float:
+    """Runs one stage from the repository root; records its wall time in ROOT/timings.json
+    (read again before writing, so runners of other experiments on the same root keep
+    theirs) and returns it.
 
     Raises:
       SystemExit: naming the stage and its command, when the command fails.
@@ -307,16 +309,18 @@ def execute(stage: Stage, root: str, timings: dict) -> float:
         raise SystemExit(
             f"Stage {stage.label!r} failed with exit status {status}: {shlex.join(stage.command)}"
         )
-    timings[stage.label] = round(time.time() - began, 1)
+    seconds = round(time.time() - began, 1)
+    path = os.path.join(root, "timings.json")
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "timings.json"), "w") as f:
+    timings = report.read_json(path, {}) | {stage.label: seconds}
+    with open(path + ".tmp", "w") as f:
         json.dump(timings, f, indent=2)
-    return timings[stage.label]
+    os.replace(path + ".tmp", path)
+    return seconds
 
 
 def run_plan(plan: list[Stage], root: str, dry_run: bool) -> None:
     """Runs (or, dry, lists with estimates) every stage with its command, wall time and the ETA."""
-    timings = report.read_json(os.path.join(root, "timings.json"), {})
     start, eta, estimates = time.time(), Eta(plan), {}
     for i, stage in enumerate(plan, 1):
         prefix = f"[{i}/{len(plan)} {time.strftime('%H:%M:%S')}] {stage.label}"
@@ -332,7 +336,7 @@ def run_plan(plan: list[Stage], root: str, dry_run: bool) -> None:
             print(f"{prefix} (~{report.fmt_duration(estimate)}): {command}", flush=True)
             continue
         print(f"{prefix}: {command}", flush=True)
-        seconds = execute(stage, root, timings)
+        seconds = execute(stage, root)
         eta.finished(stage, seconds)
         print(
             f"{prefix}: done in {report.fmt_duration(seconds)}; "

@@ -34,7 +34,7 @@ WIDTH = 128
 HEADS = 4
 MAX_POSITIONS = 16  # L per axis: 2 x the 8-token training grid
 STEPS = 4_000  # pretraining steps of every main run (the loss is flat by then: docs/results.md)
-FINETUNE_DIVISOR = 4  # a fine-tune takes STEPS // this steps at HIGH_RESOLUTION
+FINETUNE_DIVISOR = 8  # a fine-tune takes STEPS // this steps at HIGH_RESOLUTION (500)
 BATCH = 32
 LEARNING_RATE = 1e-3  # peak, after WARMUP_STEPS; cosine decay to 0 (as configs/demo.py)
 WARMUP_STEPS = 200
@@ -125,7 +125,7 @@ def finetune_steps(steps: int) -> int:
 
 def equal_compute_steps(steps: int) -> int:
     """Steps at HIGH_RESOLUTION whose FLOPs equal pretraining (`steps` at TRAIN_RESOLUTION)
-    plus the fine-tune: 4000 -> 4000 x 0.2031 + 1000 = 1812 (2000 if FLOPs were
+    plus the fine-tune: 4000 -> 4000 x 0.2031 + 500 = 1312 (1500 if FLOPs were
     proportional to tokens)."""
     total = train_flops(steps, tokens(TRAIN_RESOLUTION)) + train_flops(
         finetune_steps(steps), tokens(HIGH_RESOLUTION)

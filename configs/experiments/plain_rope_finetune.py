@@ -4,7 +4,7 @@
     --workdir=/runs/rg/plain_rope_finetune --config.train.init_from=/runs/rg/plain_rope
 
 The plain-RoPE counterpart of `rpe2d_finetune` (see its docstring for the choice of
-16 px -> 32 px): positions `0..n-1` on the 16x16-token grid, `steps // 4` steps with a
+16 px -> 32 px): positions `0..n-1` on the 16x16-token grid, `steps // 8` steps with a
 fresh optimizer. Sampled at 16, 24 and 32 px with `extrapolation` (at 16 px, below the
 new training grid, every baseline's frequency rule reduces to it: the retention number)
 and `yarn` (a strong interpolation baseline).

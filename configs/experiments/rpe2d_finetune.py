@@ -9,7 +9,7 @@ the scenes are a few blobs and the evaluation classifier is not trained below 16
 the paper's "low-res pretrain, high-res fine-tune" is 16 px -> 32 px here, and the
 pretrained checkpoint is shared with the main table (no compute spent twice).
 
-The fine-tune trains at 32 px (16x16 tokens) with `L = 32` for `steps // 4` steps (1000)
+The fine-tune trains at 32 px (16x16 tokens) with `L = 32` for `steps // 8` steps (500)
 with a fresh optimizer (warm-up and cosine decay again) from the `rpe2d` parameters and
 EMA: RoPE has no position table, so the parameters carry over to any grid and `L`.
 `train.init_from` is a placeholder here; the benchmark script passes the source workdir.

@@ -5,9 +5,9 @@
 
 The control of `rpe2d_finetune`: same resolution (32 px, 16x16 tokens, `L = 32`), same
 model, batch and optimizer, from random initialisation, for the steps whose training FLOPs
-equal those of `rpe2d` (4000 steps at 8x8 tokens) plus `rpe2d_finetune` (1000 steps at
-16x16 tokens): `common.equal_compute_steps`, 1812 steps (an 8x8-token step costs 0.2031 of
-a 16x16-token one with the attention term; 0.25 and 2000 steps if FLOPs were proportional to
+equal those of `rpe2d` (4000 steps at 8x8 tokens) plus `rpe2d_finetune` (500 steps at
+16x16 tokens): `common.equal_compute_steps`, 1312 steps (an 8x8-token step costs 0.2031 of
+a 16x16-token one with the attention term; 0.25 and 1500 steps if FLOPs were proportional to
 steps x tokens x batch).
 """
 
