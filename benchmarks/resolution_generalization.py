@@ -14,7 +14,9 @@ complete, each a subprocess whose failure stops the script naming the command:
   X: evaluate  `--mode=evaluate` with the classifier -> ROOT/X/eval/results.json
   X: curve S   multi-stage runs: checkpoint S (each quarter) copied into ROOT/X/curve/step_S,
                sampled (`sample.checkpoint_step`) and scored at 32 px with the run's first method
-`--only` selects experiments (a fine-tune's missing source is trained, not sampled);
+  X: curve 0   a fine-tune whose source is not selected: the source scored at that one cell
+`--only` selects experiments (a fine-tune's unselected source is trained, and scored only at
+the cell where the fine-tune's curve starts);
 `--steps` / `--samples` become the config switches `steps=N,samples=N`. Then, from every
 run under ROOT, the results block of docs/results.md is rewritten between its markers
 (the file is created with a skeleton if missing; text outside the markers is kept), and
@@ -164,20 +166,27 @@ def train_stage(root: str, name: str, arg: str | None) -> Stage:
 
 
 def sample_and_evaluate(
-    label: str, name: str, arg: str | None, workdir: str, extractor: str, curve_step: int | None = None
+    label: str,
+    name: str,
+    arg: str | None,
+    workdir: str,
+    extractor: str,
+    cell: tuple[str, int] | None = None,
+    curve_step: int | None = None,
 ) -> list[Stage]:
-    """The sample and evaluate stages of a run, or of one of its intermediate checkpoints
-    (`curve_step`: copied into `workdir`, sampled at the training resolution only, with the
-    first method only)."""
+    """The sample and evaluate stages of a run: every configured (method, resolution), or
+    only `cell`; of its last checkpoint, or of intermediate checkpoint `curve_step` (copied
+    into `workdir`, a folder of the run's curve/)."""
     config, _ = report.load_experiment(name, arg)
     methods, resolutions, extra, before = config.sample.methods, config.sample.resolutions, [], None
-    if curve_step is not None:
-        methods, resolutions = tuple(methods[:1]), (config.data.resolution,)
+    if cell is not None:
+        methods, resolutions = (cell[0],), (cell[1],)
         extra = [
-            f"--config.sample.checkpoint_step={curve_step}",
-            f"--config.sample.resolutions=({resolutions[0]!r},)",
-            f'--config.sample.methods=("{methods[0]}",)',  # double quotes: shell-friendly
+            f"--config.sample.resolutions=({cell[1]!r},)",
+            f'--config.sample.methods=("{cell[0]}",)',  # double quotes: shell-friendly
         ]
+    if curve_step is not None:
+        extra.append(f"--config.sample.checkpoint_step={curve_step}")
         source = os.path.join(os.path.dirname(os.path.dirname(workdir)), "checkpoints", str(curve_step))
         before = copy_checkpoint(source, os.path.join(workdir, "checkpoints", str(curve_step)))
     files = sample_files(config, workdir, methods, resolutions)
@@ -229,7 +238,8 @@ def curve_stages(root: str, name: str, arg: str | None, extractor: str) -> list[
     stages = []
     for step in range(every, last, every):
         workdir = os.path.join(root, name, "curve", f"step_{step:07d}")
-        stages += sample_and_evaluate(f"{name}: curve {step}", name, arg, workdir, extractor, step)
+        cell = (config.sample.methods[0], config.data.resolution)
+        stages += sample_and_evaluate(f"{name}: curve {step}", name, arg, workdir, extractor, cell, step)
     return stages
 
 
@@ -240,7 +250,9 @@ def classifier_sides() -> str:
 
 
 def build_plan(root: str, names: list[str], arg: str | None, classifier_steps: int | None) -> list[Stage]:
-    """Every stage, dependencies first; a fine-tune's unselected source is only trained."""
+    """Every stage, dependencies first. A fine-tune's unselected source is trained and scored
+    only where the fine-tune's curve starts: at the fine-tune's resolution, with its first
+    method, under the source's own config (its `L`)."""
     extractor = os.path.join(root, "classifier")
     command = ["python", "-m", "rpe_jax.train_classifier", f"--workdir={extractor}"]
     command.append(f"--train_resolutions={classifier_sides()}")
@@ -251,10 +263,14 @@ def build_plan(root: str, names: list[str], arg: str | None, classifier_steps: i
     for name in common.EXPERIMENTS:
         if name not in names:
             continue
-        source = report.load_experiment(name, arg)[1]
+        config, source = report.load_experiment(name, arg)
         if source and source not in trained:
             plan.append(train_stage(root, source, arg))
             trained.add(source)
+        if source and source not in names:
+            start = (config.sample.methods[0], config.data.resolution)
+            workdir = os.path.join(root, source)
+            plan += sample_and_evaluate(f"{name}: curve 0", source, arg, workdir, extractor, start)
         if name not in trained:
             plan.append(train_stage(root, name, arg))
             trained.add(name)

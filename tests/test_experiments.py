@@ -389,6 +389,15 @@ def test_only_trains_a_missing_source_without_sampling_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "rpe2d: train (~" in out and "rpe2d: sample" not in out
     assert "plain_rope: train: done already, skipped" in out and "plain_rope: sample" not in out
+    # ... but each is scored where its fine-tune's curve starts: 32 px, the first method.
+    for name, source, method in (
+        ("rpe2d_finetune", "rpe2d", "rpe2d"),
+        ("plain_rope_finetune", "plain_rope", "extrapolation"),
+    ):
+        start = re.search(rf"{name}: curve 0: sample \(~[^)]*\): (.*)", out).group(1)
+        assert f"--workdir={root / source} --mode=sample" in start
+        assert f"--config=configs/experiments/{source}.py:" in start
+        assert f"'--config.sample.resolutions=(32,)' '--config.sample.methods=(\"{method}\",)'" in start
 
 
 def test_evaluation_is_redone_when_samples_are_newer(tmp_path):
