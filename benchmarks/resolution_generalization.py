@@ -14,9 +14,9 @@ complete, each a subprocess whose failure stops the script naming the command:
   X: evaluate  `--mode=evaluate` with the classifier -> ROOT/X/eval/results.json
   X: curve S   multi-stage runs: checkpoint S (each quarter) copied into ROOT/X/curve/step_S,
                sampled (`sample.checkpoint_step`) and scored at 32 px with the run's first method
-  X: curve 0   a fine-tune whose source is not selected: the source scored at that one cell
-`--only` selects experiments (a fine-tune's unselected source is trained, and scored only at
-the cell where the fine-tune's curve starts);
+               and, for a fine-tune, step 0: its source's last checkpoint under the source's
+               config, the model it starts from
+`--only` selects experiments (a fine-tune's unselected source is trained, not sampled);
 `--steps` / `--samples` become the config switches `steps=N,samples=N`. Then, from every
 run under ROOT, the results block of docs/results.md is rewritten between its markers
 (the file is created with a skeleton if missing; text outside the markers is kept), and
@@ -172,11 +172,11 @@ def sample_and_evaluate(
     workdir: str,
     extractor: str,
     cell: tuple[str, int] | None = None,
-    curve_step: int | None = None,
+    checkpoint: tuple[str, int] | None = None,
 ) -> list[Stage]:
-    """The sample and evaluate stages of a run: every configured (method, resolution), or
-    only `cell`; of its last checkpoint, or of intermediate checkpoint `curve_step` (copied
-    into `workdir`, a folder of the run's curve/)."""
+    """The sample and evaluate stages of experiment `name` in `workdir`: every configured
+    (method, resolution), or only `cell`; of the workdir's last checkpoint, or of
+    `checkpoint` = (checkpoints folder, step), copied into `workdir` (a curve point)."""
     config, _ = report.load_experiment(name, arg)
     methods, resolutions, extra, before = config.sample.methods, config.sample.resolutions, [], None
     if cell is not None:
@@ -185,10 +185,12 @@ def sample_and_evaluate(
             f"--config.sample.resolutions=({cell[1]!r},)",
             f'--config.sample.methods=("{cell[0]}",)',  # double quotes: shell-friendly
         ]
-    if curve_step is not None:
-        extra.append(f"--config.sample.checkpoint_step={curve_step}")
-        source = os.path.join(os.path.dirname(os.path.dirname(workdir)), "checkpoints", str(curve_step))
-        before = copy_checkpoint(source, os.path.join(workdir, "checkpoints", str(curve_step)))
+    if checkpoint is not None:
+        folder, step = checkpoint
+        extra.append(f"--config.sample.checkpoint_step={step}")
+        before = copy_checkpoint(
+            os.path.join(folder, str(step)), os.path.join(workdir, "checkpoints", str(step))
+        )
     files = sample_files(config, workdir, methods, resolutions)
     evaluate_flags = [*extra, f"--config.eval.extractor_path={extractor}"]
     return [
@@ -232,14 +234,23 @@ def copy_checkpoint(source: str, target: str) -> Callable[[], None]:
 
 
 def curve_stages(root: str, name: str, arg: str | None, extractor: str) -> list[Stage]:
-    """Sample and score every intermediate checkpoint (each `checkpoint_every` steps)."""
-    config, _ = report.load_experiment(name, arg)
+    """Sample and score, at the run's training resolution with its first method, every
+    intermediate checkpoint (each `checkpoint_every` steps) into ROOT/name/curve/step_S; and
+    for a fine-tune, step 0: the source's last checkpoint under the source's config (its `L`),
+    the model the fine-tune starts from."""
+    config, source = report.load_experiment(name, arg)
     every, last = config.train.checkpoint_every, config.train.num_steps
+    cell = (config.sample.methods[0], config.data.resolution)
+    points = [(name, step, os.path.join(root, name, "checkpoints")) for step in range(every, last, every)]
+    if source:
+        source_steps = report.load_experiment(source, arg)[0].train.num_steps
+        points.insert(0, (source, source_steps, os.path.join(root, source, "checkpoints")))
     stages = []
-    for step in range(every, last, every):
-        workdir = os.path.join(root, name, "curve", f"step_{step:07d}")
-        cell = (config.sample.methods[0], config.data.resolution)
-        stages += sample_and_evaluate(f"{name}: curve {step}", name, arg, workdir, extractor, cell, step)
+    for experiment, step, folder in points:
+        shown = 0 if experiment == source else step
+        workdir = os.path.join(root, name, "curve", f"step_{shown:07d}")
+        label = f"{name}: curve {shown}"
+        stages += sample_and_evaluate(label, experiment, arg, workdir, extractor, cell, (folder, step))
     return stages
 
 
@@ -250,9 +261,7 @@ def classifier_sides() -> str:
 
 
 def build_plan(root: str, names: list[str], arg: str | None, classifier_steps: int | None) -> list[Stage]:
-    """Every stage, dependencies first. A fine-tune's unselected source is trained and scored
-    only where the fine-tune's curve starts: at the fine-tune's resolution, with its first
-    method, under the source's own config (its `L`)."""
+    """Every stage, dependencies first; a fine-tune's unselected source is only trained."""
     extractor = os.path.join(root, "classifier")
     command = ["python", "-m", "rpe_jax.train_classifier", f"--workdir={extractor}"]
     command.append(f"--train_resolutions={classifier_sides()}")
@@ -263,14 +272,10 @@ def build_plan(root: str, names: list[str], arg: str | None, classifier_steps: i
     for name in common.EXPERIMENTS:
         if name not in names:
             continue
-        config, source = report.load_experiment(name, arg)
+        source = report.load_experiment(name, arg)[1]
         if source and source not in trained:
             plan.append(train_stage(root, source, arg))
             trained.add(source)
-        if source and source not in names:
-            start = (config.sample.methods[0], config.data.resolution)
-            workdir = os.path.join(root, source)
-            plan += sample_and_evaluate(f"{name}: curve 0", source, arg, workdir, extractor, start)
         if name not in trained:
             plan.append(train_stage(root, name, arg))
             trained.add(name)

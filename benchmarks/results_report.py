@@ -323,8 +323,8 @@ def metric_table(
 
 def curve_points(runs: dict[str, Run], sources: dict[str, str]) -> list[dict]:
     """FID / precision / recall at each multi-stage run's training resolution against the
-    cumulative training FLOPs (a fine-tune starts at its source's FLOPs, and its step 0 is
-    the source's score there with the same method)."""
+    cumulative training FLOPs (a fine-tune's FLOPs start at its source's, and its curve's
+    step 0 is the source's checkpoint)."""
     points = []
     for name in CURVE_RUNS:
         run = runs.get(name)
@@ -332,12 +332,9 @@ def curve_points(runs: dict[str, Run], sources: dict[str, str]) -> list[dict]:
             continue
         res = resolution_name(run.config["data"]["resolution"])
         method = run.config["sample"]["methods"][0]
-        offset, source = 0.0, runs.get(sources.get(name, ""))
-        scored = [(step, rows) for step, rows in sorted({**run.curve, run.steps: run.rows}.items())]
-        if source is not None and source.config:
-            offset = run_train_flops(source.config, source.steps)
-            scored.insert(0, (0, source.rows))
-        for step, rows in scored:
+        source = runs.get(sources.get(name, ""))
+        offset = run_train_flops(source.config, source.steps) if source and source.config else 0.0
+        for step, rows in sorted({**run.curve, run.steps: run.rows}.items()):
             row = find_row(rows, method, res)
             if row is not None:
                 flops = offset + run_train_flops(run.config, step)
@@ -433,6 +430,7 @@ def render_block(
       classifier_seconds: the feature network's training time (0: not known).
     """
     train = resolution_name(common.TRAIN_RESOLUTION)
+    high = f"{common.HIGH_RESOLUTION} px"
     rows = main_rows(runs)
     columns = main_columns(runs, rows, train)
     samples = next((r.config["sample"]["num_samples"] for r in runs.values() if r.config), "?")
@@ -453,8 +451,9 @@ def render_block(
     points = curve_points(runs, sources)
     out += ["### Multi-stage training: FID against training compute", ""]
     out += [
-        "Each run scored at its 32 px training resolution at every checkpoint; a fine-tune's step 0",
-        "is its 16 px source sampled at 32 px, and its FLOPs include the source's.",
+        f"Each run scored at its {high} training resolution at every checkpoint; a fine-tune's step 0",
+        f"is its {common.TRAIN_RESOLUTION} px source sampled at {high} (under the source's config),",
+        "and its FLOPs include the source's.",
         "",
         *(curve_table(points) if points else ["No multi-stage run has results yet."]),
         "",
@@ -586,7 +585,14 @@ def plot_curve(points: list[dict], path: str) -> None:
     for name in dict.fromkeys(p["run"] for p in points):
         mine = [p for p in points if p["run"] == name]
         lines.append(([p["flops"] / 1e12 for p in mine], [p["fid"] for p in mine], name))
-    _line_plot(path, lines, "cumulative training TFLOP", "FID at the fine-tune resolution", marker="o")
+    _line_plot(
+        path,
+        lines,
+        "cumulative training TFLOP",
+        f"FID at {common.HIGH_RESOLUTION} px (log)",
+        log_y=True,
+        marker="o",
+    )
 
 
 def plot_loss(runs: dict[str, Run], path: str) -> None:

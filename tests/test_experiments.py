@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 
 import ml_collections
 import pytest
@@ -172,7 +173,7 @@ def synthetic_runs() -> dict[str, report.Run]:
             "rpe2d_finetune",
             finetune_config,
             [row("rpe2d", "16x16", 14.0), row("rpe2d", "32x32", 12.0)],
-            {750: [row("rpe2d", "32x32", 20.0, precision=0.4)]},
+            {0: [row("rpe2d", "32x32", 61.0)], 750: [row("rpe2d", "32x32", 20.0, precision=0.4)]},
             1500,
         ),
     }
@@ -213,7 +214,7 @@ def test_curve_starts_a_finetune_at_its_source_compute_and_score():
     points = report.curve_points(synthetic_runs(), {"rpe2d_finetune": "rpe2d"})
     pretrain = common.train_flops(6000, 64)
     step = common.train_flops(1, 256)
-    assert [(p["step"], p["fid"]) for p in points] == [(0, 60.0), (750, 20.0), (1500, 12.0)]
+    assert [(p["step"], p["fid"]) for p in points] == [(0, 61.0), (750, 20.0), (1500, 12.0)]
     assert [p["flops"] for p in points] == pytest.approx(
         [pretrain, pretrain + 750 * step, pretrain + 1500 * step]
     )
@@ -389,15 +390,31 @@ def test_only_trains_a_missing_source_without_sampling_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "rpe2d: train (~" in out and "rpe2d: sample" not in out
     assert "plain_rope: train: done already, skipped" in out and "plain_rope: sample" not in out
-    # ... but each is scored where its fine-tune's curve starts: 32 px, the first method.
+
+
+def test_a_finetunes_curve_starts_with_its_source_checkpoint_under_the_source_config(tmp_path):
+    root = str(tmp_path)
     for name, source, method in (
         ("rpe2d_finetune", "rpe2d", "rpe2d"),
         ("plain_rope_finetune", "plain_rope", "extrapolation"),
     ):
-        start = re.search(rf"{name}: curve 0: sample \(~[^)]*\): (.*)", out).group(1)
-        assert f"--workdir={root / source} --mode=sample" in start
-        assert f"--config=configs/experiments/{source}.py:" in start
+        stages = rg.curve_stages(root, name, f"steps={TWO_FINETUNE_STEPS}", "/classifier")
+        assert [s.label for s in stages] == [
+            f"{name}: curve {k}: {m}" for k in (0, 1) for m in ("sample", "evaluate")
+        ]
+        start = shlex.join(stages[0].command)
+        workdir = os.path.join(root, name, "curve", "step_0000000")
+        assert (
+            f"--config=configs/experiments/{source}.py:steps={TWO_FINETUNE_STEPS} --workdir={workdir}"
+            in start
+        )
+        assert f"--config.sample.checkpoint_step={TWO_FINETUNE_STEPS}" in start  # the source's last
         assert f"'--config.sample.resolutions=(32,)' '--config.sample.methods=(\"{method}\",)'" in start
+        assert f"--config=configs/experiments/{name}.py:" in shlex.join(stages[2].command)
+        # The source's checkpoint is copied in before sampling.
+        os.makedirs(os.path.join(root, source, "checkpoints", str(TWO_FINETUNE_STEPS), "state"))
+        stages[0].before()
+        assert os.path.isdir(os.path.join(workdir, "checkpoints", str(TWO_FINETUNE_STEPS), "state"))
 
 
 def test_evaluation_is_redone_when_samples_are_newer(tmp_path):
