@@ -18,9 +18,10 @@ complete, each a subprocess whose failure stops the script naming the command:
                config, the model it starts from
 `--only` selects experiments (a fine-tune's unselected source is trained, not sampled);
 `--steps` / `--samples` become the config switches `steps=N,samples=N`. Then, from every
-run under ROOT, the results block of docs/results.md is rewritten between its markers
-(the file is created with a skeleton if missing; text outside the markers is kept), and
-plots, a long CSV and sample grids go to docs/assets/results/. Wall time per stage is kept
+run under ROOT merged with the run records in docs/assets/results/runs/ (results_report's
+docstring), the results block of docs/results.md is rewritten between its markers (the
+file is created with a skeleton if missing; text outside the markers is kept), and the
+records, plots, a long CSV and sample grids go to docs/assets/results/. Wall time per stage is kept
 in ROOT/timings.json; the ETA prices the remaining training and sampling FLOPs at the
 measured rate (before any measurement: the demo's ~3 steps/s at batch 32, 64 tokens).
 """
