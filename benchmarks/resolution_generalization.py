@@ -172,7 +172,7 @@ def sample_and_evaluate(
     arg: str | None,
     workdir: str,
     extractor: str,
-    cell: tuple[str, int] | None = None,
+    cell: tuple[str, int | str] | None = None,
     checkpoint: tuple[str, int] | None = None,
 ) -> list[Stage]:
     """The sample and evaluate stages of experiment `name` in `workdir`: every configured

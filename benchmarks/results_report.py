@@ -156,9 +156,25 @@ def record_run(record: dict) -> Run:
 
 
 def load_records(folder: str) -> dict[str, Run]:
-    """{run: Run} of the records in `folder`, in experiment order."""
-    paths = {name: os.path.join(folder, f"{name}.json") for name in common.EXPERIMENTS}
-    return {name: record_run(read_json(path, {})) for name, path in paths.items() if os.path.exists(path)}
+    """{run: Run} of the records in `folder`, in experiment order.
+
+    Raises:
+      ValueError: naming the file, when a record's fields are not those of `Run`.
+    """
+    runs = {}
+    for name in common.EXPERIMENTS:
+        path = os.path.join(folder, f"{name}.json")
+        if not os.path.exists(path):
+            continue
+        record = read_json(path, {})
+        expected = {field.name for field in dataclasses.fields(Run)}
+        if set(record) != expected:
+            raise ValueError(
+                f"Run record {path} has fields {sorted(record)}; expected {sorted(expected)} "
+                "(delete it to rebuild it from a workdir, or fix it)."
+            )
+        runs[name] = record_run(record)
+    return runs
 
 
 def write_records(folder: str, runs: dict[str, Run]) -> None:
@@ -203,8 +219,10 @@ def merge_runs(archived: dict[str, Run], fresh: dict[str, Run]) -> dict[str, Run
     for name in common.EXPERIMENTS:
         if name in archived and name in fresh:
             runs[name] = merge_run(archived[name], fresh[name])
-        elif name in archived or name in fresh:
-            runs[name] = fresh.get(name) or archived[name]
+        elif name in fresh:
+            runs[name] = fresh[name]
+        elif name in archived:
+            runs[name] = archived[name]
     return runs
 
 
