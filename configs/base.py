@@ -32,12 +32,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.seed = 0  # shuffling and augmentation
     config.data.train_size = 1_281_167  # examples per epoch (procedural: any size)
     config.data.eval_size = 50_000
+    # Procedural scenes: smooth (shapes on smooth backgrounds, the recorded results) | detailed
+    # (the same layouts with fine structure from 4 to 64 cycles per unit).
+    config.data.procedural_style = "smooth"
     config.data.flip_prob = 0.5  # horizontal flips
     config.data.resize_crop_prob = 0.5  # probability of random resize-and-crop
     config.data.max_resize_factor = 2.0  # r ~ U[1, this]; at most max_positions / grid
     config.data.workers = 0  # Grain worker processes (0: in the main process)
     config.data.read_threads = 16  # Grain read threads per process (file decoding)
     config.data.root = ""  # image_folder / fashion_mnist folder ("": Debian's Fashion-MNIST)
+    # photos source: the wallpapers folder ("": Debian's /usr/share/wallpapers) and the
+    # (min, max) side of its square crop boxes in source pixels (log-uniform).
+    config.data.photos_dir = ""
+    config.data.photo_box = (256, 1024)
     config.data.tfds_dir = ""  # TFDS data dir of imagenet2012 ("": ~/tensorflow_datasets)
     config.data.latents_dir = ""  # the latents/ folder written by --mode=extract_latents
 

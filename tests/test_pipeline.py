@@ -26,49 +26,115 @@ def _digest(x):
     return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
 
 
-def test_crops_are_inside_token_aligned_and_match_micro():
-    ramp = np.broadcast_to(np.linspace(0, 1, 32, dtype=np.float32)[:, None, None], (32, 32, 3))
-    crop = pipeline.ResizeAndCrop(prob=1.0, max_factor=2.0, patch=4)
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        out = crop.random_map({"x": ramp.copy(), "label": np.int32(1)}, rng)
-        rows, cols, top, left = out["crop"]
-        assert out["x"].shape == (32, 32, 3)
-        assert 8 <= rows <= 16 and 8 <= cols <= 16 and rows == cols
-        assert 0 <= top <= rows - 8 and 0 <= left <= cols - 8
+class _Ramp:
+    """A source whose example at any size is a vertical ramp 0 -> 1 with its width marked."""
+
+    def example(self, index, height, width):
+        rows = (np.arange(height, dtype=np.float32) + 0.5) / height
+        image = np.broadcast_to(rows[:, None, None], (height, width, 3)).copy()
+        image[:, 0, 1] = 1.0  # the left column, to see flips
+        return {"image": image, "label": np.int32(index % 3)}
+
+
+def _old_crop_draw(rng, grid, prob, max_factor):
+    """The draw of the previous (upsampling) ResizeAndCrop, written out independently."""
+    h, w = grid
+    if rng.random() < prob:
+        r = rng.uniform(1.0, max_factor)
+        rh, rw = max(h, round(r * h)), max(w, round(r * w))
+        return rh, rw, int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
+    return h, w, 0, 0
+
+
+def test_crop_draws_and_micro_conditions_match_the_previous_formula():
+    for seed in range(200):
+        want = _old_crop_draw(np.random.default_rng(seed), (8, 6), 0.6, 2.0)
+        assert pipeline.draw_crop(np.random.default_rng(seed), (8, 6), 0.6, 2.0) == want
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 24), patch=4, flip_prob=0.0, prob=0.6)
+    for seed in range(50):
+        out = render.random_map(seed, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        rng.random()  # the flip's coin comes first
+        rows, cols, top, left = _old_crop_draw(rng, (8, 6), 0.6, 2.0)
+        np.testing.assert_array_equal(out["crop"], [rows, cols, top, left])
         np.testing.assert_allclose(out["micro"], [rows / 8, top / rows, left / cols], rtol=1e-6)
-        # A vertical ramp upscaled by s = rows / 8 and cropped at `top` tokens shows the
-        # original rows (4 top + i + 0.5) / s - 0.5 (pixel centres), i.e. a ramp again.
-        s = rows / 8
-        source_rows = (4 * top + np.arange(32) + 0.5) / s - 0.5
-        expected = np.interp(source_rows, np.arange(32), np.linspace(0, 1, 32))
-        inner = slice(2, 30)  # away from the resize's edge handling
-        np.testing.assert_allclose(out["x"][inner, 5, 0], expected[inner], atol=0.02)
+
+
+def test_crops_are_windows_of_the_example_rendered_at_the_resized_size():
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=0.0, prob=1.0)
+    for seed in range(30):
+        out = render.random_map(7, np.random.default_rng(seed))
+        rows, cols, top, left = out["crop"]
+        assert out["x"].shape == (32, 32, 3) and out["label"] == 1
+        assert 8 <= rows <= 16 and rows == cols and 0 <= top <= rows - 8 and 0 <= left <= cols - 8
+        big = _Ramp().example(7, 4 * rows, 4 * cols)["image"]
+        window = big[4 * top : 4 * top + 32, 4 * left : 4 * left + 32]
+        np.testing.assert_allclose(out["x"], window * 2 - 1, atol=1e-6)
 
 
 def test_uncropped_examples_carry_the_identity_micro_condition():
-    crop = pipeline.ResizeAndCrop(prob=0.0, max_factor=2.0, patch=4)
-    x = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
-    out = crop.random_map({"x": x, "label": np.int32(0)}, np.random.default_rng(1))
-    np.testing.assert_array_equal(out["x"], x)
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=0.0, prob=0.0)
+    out = render.random_map(4, np.random.default_rng(1))
+    np.testing.assert_allclose(out["x"], _Ramp().example(4, 32, 32)["image"] * 2 - 1, atol=1e-6)
     np.testing.assert_array_equal(out["micro"], [1, 0, 0])
     np.testing.assert_array_equal(out["crop"], [8, 8, 0, 0])
+
+
+def test_a_flip_mirrors_the_resized_image_before_the_crop():
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=1.0, prob=1.0)
+    out = render.random_map(0, np.random.default_rng(3))
+    rows, cols, top, left = out["crop"]
+    big = _Ramp().example(0, 4 * rows, 4 * cols)["image"][:, ::-1]
+    np.testing.assert_allclose(
+        out["x"], big[4 * top : 4 * top + 32, 4 * left : 4 * left + 32] * 2 - 1, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("prob", [0.25, 0.5])
 def test_flip_and_crop_rates_follow_the_config(prob):
     rng = np.random.default_rng(2)
     n = 2000
-    crop = pipeline.ResizeAndCrop(prob=prob, max_factor=2.0, patch=4)
-    flip = pipeline.RandomFlip(prob)
-    x = np.zeros((32, 32, 3), np.float32)  # an 8x8 token grid
-    x[:, 0] = 1.0  # a marked left column
-    cropped = sum(crop.random_map({"x": x, "label": 0}, rng)["micro"][0] > 1 for _ in range(n))
-    flipped = sum(flip.random_map({"x": x, "label": 0}, rng)["x"][0, -1, 0] == 1 for _ in range(n))
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=prob, prob=prob)
+    outs = [render.random_map(0, rng) for _ in range(n)]
+    cropped = sum(out["micro"][0] > 1 for out in outs)
+    # The marked left column lands at the right edge only when flipped and cropped there,
+    # so count flips on uncropped examples.
+    uncropped = [out for out in outs if out["micro"][0] == 1]
+    flipped = sum(out["x"][0, -1, 1] == 1 for out in uncropped)
     sigma = np.sqrt(n * prob * (1 - prob))
     # r = 1 can be drawn only with probability ~0 (rounding of r*8 to 8 needs r < 1.0625).
     assert abs(cropped - n * prob * (1 - 1 / 16)) < 5 * sigma
-    assert abs(flipped - n * prob) < 5 * sigma
+    m = len(uncropped)
+    assert abs(flipped - m * prob) < 5 * np.sqrt(m * prob * (1 - prob))
+
+
+def test_a_procedural_crop_is_the_scene_rendered_larger_not_an_upsample():
+    from PIL import Image
+
+    from rpe_jax.data import procedural
+
+    source = procedural.ProceduralSource(8, 16)
+    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, flip_prob=0.0, prob=1.0)
+    # The first draw that resizes by r = 2 (rounded: 16 tokens of 8).
+    out = next(
+        o for s in range(200) if (o := render.random_map(3, np.random.default_rng(s)))["crop"][0] == 16
+    )
+    rows, cols, top, left = out["crop"]
+    assert rows == cols == 16  # r = 2
+    big = source.scenes.render(3, 32, 32)
+    np.testing.assert_allclose(
+        out["x"], big[2 * top : 2 * top + 16, 2 * left : 2 * left + 16] * 2 - 1, atol=1e-6
+    )
+    small = source.scenes.render(3, 16, 16)
+    upsampled = np.stack(
+        [
+            np.asarray(Image.fromarray(small[..., c]).resize((32, 32), Image.Resampling.BICUBIC))
+            for c in range(3)
+        ],
+        -1,
+    )
+    blur = upsampled[2 * top : 2 * top + 16, 2 * left : 2 * left + 16] * 2 - 1
+    assert np.abs(out["x"] - blur).mean() > 0.01
 
 
 def test_batches_have_the_documented_layout():

@@ -215,3 +215,37 @@ def test_render_errors(scenes, args, match):
 def test_source_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ProceduralSource(**kwargs)
+
+
+def test_detailed_style_keeps_the_layout_and_adds_texture():
+    smooth = ProceduralScenes(10, seed=0, split="validation")
+    detailed = ProceduralScenes(10, seed=0, split="validation", style="detailed")
+    for index in range(10):
+        a, b = smooth.scene(index), detailed.scene(index)
+        assert [s.center for s in a.shapes] == [s.center for s in b.shapes]
+        assert a.background.texture == () and len(b.background.texture) > 0
+        assert all(len(s.texture) > 0 for s in b.shapes)
+    with pytest.raises(ValueError, match="Unknown procedural style 'noisy'.*'detailed', 'smooth'"):
+        ProceduralScenes(style="noisy")
+
+
+def test_detailed_gratings_are_box_filtered_exactly():
+    # A texture alone (no shapes, flat background): its 2x render box-downsampled by 2 is its 1x render.
+    grating = procedural.Grating((23.0, -11.0), 0.4, 0.3, harmonics=3)
+    x64 = ((np.arange(64) + 0.5) / 64)[None, :]
+    x32 = ((np.arange(32) + 0.5) / 32)[None, :]
+    fine = procedural._render_texture((grating,), x64, x64.T)
+    coarse = procedural._render_texture((grating,), x32, x32.T)
+    np.testing.assert_allclose(fine.reshape(32, 2, 32, 2).mean((1, 3)), coarse, atol=2e-6)
+    renders = ProceduralScenes(10, style="detailed")
+    r64, r32 = renders.render_batch(range(10), 64, 64), renders.render_batch(range(10), 32, 32)
+    assert np.abs(_box_down(r64, 2, 2) - r32).mean() < 0.01
+
+
+def test_detailed_renders_hold_more_fine_detail_than_upsampled_half_size_renders():
+    from benchmarks import testbed_detail
+
+    native, resized = testbed_detail.detail_shares("detailed", scenes=32, side=32)
+    smooth_native, _ = testbed_detail.detail_shares("smooth", scenes=32, side=32)
+    assert native > 3 * resized
+    assert native > 1.2 * smooth_native

@@ -17,7 +17,15 @@ DEBIAN_FASHION_MNIST = pathlib.Path(sources.FASHION_MNIST_DIR)
 
 def _data_config(**fields) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(
-        {"root": "", "tfds_dir": "", "latents_dir": "", "num_classes": 10, "seed": 0, "train_size": 4}
+        {
+            "root": "",
+            "tfds_dir": "",
+            "latents_dir": "",
+            "num_classes": 10,
+            "seed": 0,
+            "train_size": 4,
+            "procedural_style": "smooth",
+        }
     )
     config.update(fields)
     return config
@@ -100,6 +108,28 @@ def test_image_folder(image_root):
         assert 0 <= image.min() <= image.max() <= 1
     columns = (12 * np.arange(5, 15) + 3).astype(np.float32) / 255  # see test_center_crop_hand_computed
     np.testing.assert_array_equal(source[0]["image"], np.broadcast_to(columns[None, :, None], (10, 10, 3)))
+
+
+def test_image_folder_resize_and_crop_cuts_the_original_resized_larger(image_root):
+    from rpe_jax.data import pipeline
+
+    source = sources.SOURCES["image_folder"](_data_config(root=str(image_root)), "train", (16, 16))
+    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, flip_prob=0.0, prob=1.0)
+    # Index 1 is z.jpg, 64 x 64: the example resized by r = 2 is ADM's 32 px crop of it.
+    out = next(
+        o for s in range(200) if (o := render.random_map(1, np.random.default_rng(s)))["crop"][0] == 16
+    )
+    _, _, top, left = out["crop"]
+    with Image.open(image_root / "train/a_dog/z.jpg") as image:
+        original = image.convert("RGB")
+    big = _center_crop_arr(original, 32).astype(np.float32) / 255
+    window = big[2 * top : 2 * top + 16, 2 * left : 2 * left + 16]
+    np.testing.assert_allclose(out["x"], window * 2 - 1, atol=1e-6)
+    small = _center_crop_arr(original, 16)
+    upsampled = (
+        np.asarray(Image.fromarray(small).resize((32, 32), Image.Resampling.BICUBIC), np.float32) / 255
+    )
+    assert np.abs(window - upsampled[2 * top : 2 * top + 16, 2 * left : 2 * left + 16]).mean() > 0.02
 
 
 def test_image_folder_validation_reads_val(image_root):

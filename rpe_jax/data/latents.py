@@ -408,11 +408,11 @@ class LatentFlip(grain.transforms.RandomMap):
 
 @dataclasses.dataclass
 class LatentResizeAndCrop(grain.transforms.RandomMap):
-    """Random resize-and-crop of stored latents, with the micro-condition of pipeline.ResizeAndCrop.
+    """Random resize-and-crop of stored latents, with the micro-condition of pipeline.RenderResizeAndCrop.
 
     With probability `prob`, picks a stored factor r > 1 uniformly and crops the factor-1 size
     from its latent at a uniformly random token-aligned offset; otherwise keeps the factor-1
-    latent, uncropped. Output, as pipeline.ResizeAndCrop's:
+    latent, uncropped. Output, as pipeline.RenderResizeAndCrop's:
       {"x": [h, w, L] float32, "label": int32,
        "micro": float32 [3] = (r, top / resized rows, left / resized cols) (uncropped (1, 0, 0)),
        "crop": int32 [4] = (resized rows, resized cols, top, left) in tokens}.

@@ -1,6 +1,8 @@
 """Grain input pipeline: source -> shuffle -> transforms -> batches -> this process's block.
 
-Every example leaves the pipeline as
+Pixel sources enter as indices: `RenderResizeAndCrop` asks the source for each example
+at its resized size (the resize-and-crop of the source image, never an upsample of the
+training-size one). Every example leaves the pipeline as
   {"x": [H, W, C] float32 in [-1, 1], "label": int32,
    "micro": float32 [3] = (r, top, left), "crop": int32 [4] = (rows, cols, top, left)}
 where `micro` is the random resize-and-crop's micro-condition (uncropped: (1, 0, 0)),
@@ -11,11 +13,11 @@ Transforms are small picklable classes, so Grain worker processes can run them.
 """
 
 import dataclasses
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from rpe_jax.data import latents, sources
 
@@ -27,19 +29,35 @@ def make_source(config: ml_collections.ConfigDict, split: str, resolution: tuple
     return sources.SOURCES[config.source](config, split, resolution)
 
 
-class ToModelInput(grain.transforms.Map):
-    """{"image" in [0, 1], "label"} -> {"x" in [-1, 1], "label" int32}."""
+def draw_crop(
+    rng: np.random.Generator, grid: tuple[int, int], prob: float, max_factor: float
+) -> tuple[int, int, int, int]:
+    """The random resize-and-crop of one example, in tokens (DESIGN.md 1.4).
 
-    def map(self, element):
-        return {
-            "x": element["image"].astype(np.float32) * 2 - 1,
-            "label": np.int32(element["label"]),
-        }
+    With probability `prob`, a factor `r ~ U[1, max_factor]` rounded so the resized grid is
+    whole tokens, and a uniformly random token-aligned offset of the training grid inside it;
+    otherwise the identity. Draw order: the coin, r, top, left.
+
+    Args:
+      rng: the example's generator.
+      grid: (h, w) training token grid.
+      prob: probability of resizing.
+      max_factor: largest r (at most L / n_train so positions stay in range).
+
+    Returns:
+      (rows, cols, top, left): the resized token grid and the crop's offset in it.
+    """
+    h, w = grid
+    if rng.random() >= prob:
+        return h, w, 0, 0
+    r = rng.uniform(1.0, max_factor)
+    rh, rw = max(h, round(r * h)), max(w, round(r * w))
+    return rh, rw, int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
 
 
 @dataclasses.dataclass
 class RandomFlip(grain.transforms.RandomMap):
-    """Horizontal flip with probability `prob`."""
+    """Horizontal flip of `element["x"]` with probability `prob`."""
 
     prob: float = 0.5
 
@@ -49,46 +67,49 @@ class RandomFlip(grain.transforms.RandomMap):
         return element
 
 
-def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bicubic resize of a float image [H, W, C] -> [height, width, C], per channel."""
-    channels = [
-        np.asarray(Image.fromarray(x[..., c]).resize((width, height), Image.Resampling.BICUBIC))
-        for c in range(x.shape[-1])
-    ]
-    return np.stack(channels, axis=-1)
-
-
 @dataclasses.dataclass
-class ResizeAndCrop(grain.transforms.RandomMap):
-    """Random resize-and-crop with its micro-condition (DESIGN.md 1.4).
+class RenderResizeAndCrop(grain.transforms.RandomMap):
+    """Source index -> model input: flip, resize-and-crop from the source, micro-condition.
 
-    With probability `prob`, upscale by `r ~ U[1, max_factor]` rounded so the resized
-    image is a whole number of tokens per side, then crop the original size at a
-    uniformly random token-aligned offset. Otherwise the example is uncropped.
+    The resized image is the source's own example at the resized size
+    (`source.example(index, rows * patch, cols * patch)`: a procedural scene rendered there,
+    a photo or file resized from its original), so a crop of a zoomed-in example carries the
+    detail of the larger size instead of an upsampled blur. Each example is rendered once.
+    A flip mirrors the whole resized image before the crop.
+
+    Output: {"x": [H, W, C] float32 in [-1, 1], "label": int32, "micro": float32 [3]
+    = (r, top / rows, left / cols), "crop": int32 [4] = (rows, cols, top, left)}.
 
     Attributes:
-      prob: probability of augmenting an example.
-      max_factor: largest resize factor (at most L / n_train so positions stay in range).
-      patch: pixels (or latent cells) per token side.
+      source: a pixel source with `example(index, height, width)`.
+      resolution: (H, W) training size in pixels, multiples of `patch`.
+      patch: pixels per token side.
+      flip_prob: probability of a horizontal flip.
+      prob: probability of resizing.
+      max_factor: largest resize factor.
     """
 
+    source: Any
+    resolution: tuple[int, int]
+    patch: int = 2
+    flip_prob: float = 0.5
     prob: float = 0.5
     max_factor: float = 2.0
-    patch: int = 2
 
-    def random_map(self, element, rng: np.random.Generator):
-        x = element["x"]
-        h, w = x.shape[0] // self.patch, x.shape[1] // self.patch  # token grid
-        rh, rw, top, left = h, w, 0, 0
-        if rng.random() < self.prob:
-            r = rng.uniform(1.0, self.max_factor)
-            rh, rw = max(h, round(r * h)), max(w, round(r * w))
-            top, left = int(rng.integers(0, rh - h + 1)), int(rng.integers(0, rw - w + 1))
-            p = self.patch
-            x = resize(x, rh * p, rw * p)[top * p : (top + h) * p, left * p : (left + w) * p]
-            x = np.clip(x, -1.0, 1.0)  # bicubic overshoots at edges
-        micro = np.array([rh / h, top / rh, left / rw], np.float32)
-        return {**element, "x": x, "micro": micro, "crop": np.array([rh, rw, top, left], np.int32)}
+    def random_map(self, index, rng: np.random.Generator):
+        p = self.patch
+        h, w = self.resolution[0] // p, self.resolution[1] // p
+        flip = rng.random() < self.flip_prob
+        rows, cols, top, left = draw_crop(rng, (h, w), self.prob, self.max_factor)
+        example = self.source.example(int(index), rows * p, cols * p)
+        x = example["image"][:, ::-1] if flip else example["image"]
+        x = x[top * p : (top + h) * p, left * p : (left + w) * p]
+        return {
+            "x": np.asarray(x, np.float32) * 2 - 1,
+            "label": np.int32(example["label"]),
+            "micro": np.array([rows / h, top / rows, left / cols], np.float32),
+            "crop": np.array([rows, cols, top, left], np.int32),
+        }
 
 
 def create_dataset(
@@ -118,17 +139,20 @@ def create_dataset(
       An infinite IterDataset of dict batches; its iterator's state is checkpointable.
     """
     source = make_source(config, split, resolution)
-    # Transforms run on the global (shuffled, repeated) index, before the process split,
-    # so every example gets the same augmentation whatever the process count.
-    ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
     flip_prob = config.flip_prob if augment else 0.0
     crop_prob = config.resize_crop_prob if augment else 0.0
+    # Transforms run on the global (shuffled, repeated) index, before the process split,
+    # so every example gets the same augmentation whatever the process count.
     if config.source == "latents":  # resize-and-crop picks one of the stored factors
+        ds = grain.MapDataset.source(source).seed(config.seed).shuffle().repeat(None)
         ds = ds.random_map(latents.LatentFlip(flip_prob))
         ds = ds.random_map(latents.LatentResizeAndCrop(crop_prob, patch))
-    else:
-        ds = ds.map(ToModelInput()).random_map(RandomFlip(flip_prob))
-        ds = ds.random_map(ResizeAndCrop(crop_prob, config.max_resize_factor, patch))
+    else:  # pixel sources render each example once, at its resized size
+        ds = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat(None)
+        render = RenderResizeAndCrop(
+            source, tuple(resolution), patch, flip_prob, crop_prob, config.max_resize_factor
+        )
+        ds = ds.random_map(render)
     # Global batch g is blocks g * P ... g * P + P - 1 of `batch_size` consecutive
     # examples; process p takes block p. Concatenated in process order (as
     # jax.make_array_from_process_local_data does), the local batches are exactly the

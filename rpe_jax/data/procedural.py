@@ -12,6 +12,13 @@ within the class's range, pattern phases, a shading direction, and a smooth back
 (a brightness gradient plus three low-frequency sinusoids). Shapes are bright and
 saturated, backgrounds dark and muted, so each class reads at 32 px and even at 16 px.
 
+Styles (`STYLES`, config.data.procedural_style). "smooth" is the look above (the recorded
+results). "detailed" draws the same layout and adds fine structure whose physical frequency
+is fixed, from 4 to 64 cycles per unit (`DETAIL_CYCLES`): gratings and sharp stripes
+(`Grating`) modulating the background's and each shape's brightness, so a 32 px render shows
+detail that a 16 px render averages away, and a 64 px one detail beyond that
+(docs/assets/detailed_scenes.png). Gratings are box-filtered analytically over each pixel.
+
 Rendering. Pixel `(i, j)` of an `H x W` image samples the point
 `((j + 0.5) / W, (i + 0.5) / H)`: a non-square image shows the same scene with the unit
 square stretched. Edges are anti-aliased from signed distance functions (SDFs, negative
@@ -47,6 +54,31 @@ Shade = tuple[float, float]
 
 
 @dataclasses.dataclass(frozen=True)
+class Grating:
+    """A fine periodic structure: a sinusoid, or a sharper stripe pattern of odd harmonics.
+
+    `g(p) = sum_{n = 1, 3, ..., 2 harmonics - 1} sin(n (2 pi f . p + phase)) / n` at point p,
+    times `amplitude`: harmonics 1 is a smooth grating, 3 a square-ish stripe pattern
+    (the first terms of a square wave's series).
+
+    Attributes:
+      frequency: (fx, fy) cycles per unit length; fixed in the scene, so a render shows it
+        exactly when its pixels are small enough, at any resolution.
+      phase: radians.
+      amplitude: relative brightness modulation.
+      harmonics: number of odd harmonics, >= 1.
+    """
+
+    frequency: tuple[float, float]
+    phase: float
+    amplitude: float
+    harmonics: int = 1
+
+
+Texture = tuple[Grating, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Pattern:
     """A second colour painted inside a shape, in the shape's rotated frame.
 
@@ -78,6 +110,7 @@ class Shape:
       color: (r, g, b) in [0, 1], before shading.
       shade: (x, y) brightness gain per `radius` of offset from the centre (lighting).
       pattern: optional second colour inside the shape.
+      texture: fine structure modulating the shape's brightness (detailed style).
     """
 
     sdf: str
@@ -88,6 +121,7 @@ class Shape:
     color: Color
     shade: Shade
     pattern: Pattern | None = None
+    texture: Texture = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +134,7 @@ class Background:
       frequencies: K (fx, fy) wave frequencies, cycles per unit length.
       phases: K wave phases, radians.
       amplitudes: K (r, g, b) wave amplitudes.
+      texture: fine structure modulating the brightness (detailed style).
     """
 
     color: Color
@@ -107,6 +142,7 @@ class Background:
     frequencies: tuple[tuple[float, float], ...]
     phases: tuple[float, ...]
     amplitudes: tuple[Color, ...]
+    texture: Texture = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,10 +252,34 @@ def _coverage(sdf: np.ndarray, pixel: float) -> np.ndarray:
     return np.clip(0.5 - sdf / pixel, 0.0, 1.0)
 
 
+def _render_texture(texture: Texture, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pixel-area averages of a texture's gratings: x: [1, W], y: [H, 1] -> [H, W].
+
+    The average of `sin(2 pi (fx x + fy y) + c)` over a pixel of size (1/W, 1/H) centred at
+    (x, y) is its centre value times `sinc(fx / W) sinc(fy / H)` (np.sinc, normalised): each
+    harmonic is box-filtered exactly, so a render has no aliasing beyond the box filter's own,
+    and box-downsampling a 2x render by 2 gives the 1x render.
+    """
+    pixel_w, pixel_h = 1.0 / x.shape[1], 1.0 / y.shape[0]
+    total = np.zeros((y.shape[0], x.shape[1]), np.float32)
+    for grating in texture:
+        fx, fy = grating.frequency
+        for n in range(1, 2 * grating.harmonics, 2):
+            gain = float(np.sinc(n * fx * pixel_w) * np.sinc(n * fy * pixel_h))
+            # sin(a + b) from separable parts: [1, W] and [H, 1] outer sums.
+            a = (2.0 * math.pi * n * fx) * x + n * grating.phase
+            b = (2.0 * math.pi * n * fy) * y
+            wave = np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b)
+            total += (grating.amplitude * gain / n) * wave
+    return total
+
+
 def _render_background(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x: [1, W], y: [H, 1] pixel centres -> [H, W, 3] float32."""
     gx, gy = background.gradient
     brightness = 1.0 + gx * (x - 0.5) + gy * (y - 0.5)  # [H, W]
+    if background.texture:
+        brightness = brightness + _render_texture(background.texture, x, y)
     image = brightness[..., None] * np.asarray(background.color, np.float32)
     freqs = 2.0 * math.pi * np.asarray(background.frequencies, np.float32)  # [K, 2]
     phases = x[..., None] * freqs[:, 0] + y[..., None] * freqs[:, 1]  # [H, W, K]
@@ -235,6 +295,8 @@ def _paint_shape(image: np.ndarray, shape: Shape, x: np.ndarray, y: np.ndarray, 
     ly = (cos * dy - sin * dx) / shape.radius
     alpha = _coverage(_SDFS[shape.sdf](lx, ly, shape.params) * shape.radius, pixel)
     shading = (1.0 + (shape.shade[0] * dx + shape.shade[1] * dy) / shape.radius)[..., None]
+    if shape.texture:
+        shading = shading + _render_texture(shape.texture, x, y)[..., None]
     color = shading * np.asarray(shape.color, np.float32)  # [H, W, 3]
     if shape.pattern is not None:
         pat = shape.pattern
@@ -387,6 +449,47 @@ def _draw_background(rng: np.random.Generator, waves: int = 3) -> Background:
     )
 
 
+def _draw_texture(
+    rng: np.random.Generator, count: int, cycles: tuple[float, float], amplitude: tuple[float, float]
+) -> Texture:
+    """`count` gratings, frequencies log-uniform in `cycles` (per unit length), any direction,
+    a third of them sharp stripes (3 odd harmonics)."""
+    magnitude = np.exp(rng.uniform(math.log(cycles[0]), math.log(cycles[1]), size=count))
+    direction = rng.uniform(0.0, math.pi, size=count)
+    phases = rng.uniform(0.0, 2.0 * math.pi, size=count)
+    amplitudes = rng.uniform(*amplitude, size=count)
+    stripes = rng.random(count) < 1 / 3
+    return tuple(
+        Grating((float(f * math.cos(d)), float(f * math.sin(d))), float(p), float(a), 3 if sharp else 1)
+        for f, d, p, a, sharp in zip(magnitude, direction, phases, amplitudes, stripes, strict=True)
+    )
+
+
+# Fine structure of the detailed style: frequencies from 4 to 64 cycles per unit, so that
+# renders at 16, 32, 64 and 128 px each show structure a half-size render averages away.
+DETAIL_CYCLES = (4.0, 64.0)
+
+
+def _add_detail(rng: np.random.Generator, scene: SceneParams) -> SceneParams:
+    """The scene with fine textures on its background and inside every shape."""
+    background = dataclasses.replace(
+        scene.background, texture=_draw_texture(rng, 6, DETAIL_CYCLES, (0.12, 0.3))
+    )
+    shapes = tuple(
+        dataclasses.replace(shape, texture=_draw_texture(rng, 3, DETAIL_CYCLES, (0.08, 0.2)))
+        for shape in scene.shapes
+    )
+    return dataclasses.replace(scene, background=background, shapes=shapes)
+
+
+# Scene style -> (rng after the layout's draws, scene) -> scene. "smooth" is the original
+# look (the recorded results); "detailed" draws the same layout and adds fine structure.
+STYLES: dict[str, Callable[[np.random.Generator, SceneParams], SceneParams]] = {
+    "smooth": lambda rng, scene: scene,
+    "detailed": _add_detail,
+}
+
+
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     """Returns `value` as an int, or raises ValueError naming it and the valid range."""
     valid = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
@@ -409,6 +512,8 @@ class ProceduralScenes:
         `CLASS_KINDS`.
       seed: dataset seed, >= 0.
       split: "train" or "validation" (disjoint seed streams).
+      style: a name in STYLES: "smooth" (shapes on smooth backgrounds) or "detailed" (the
+        same layouts with fine structure from 4 to 64 cycles per unit).
 
     Raises:
       ValueError: on a value outside these ranges; methods raise it for `index < 0`.
@@ -417,12 +522,15 @@ class ProceduralScenes:
     num_classes: int = 10
     seed: int = 0
     split: str = "train"
+    style: str = "smooth"
 
     def __post_init__(self):
         _check_int("num_classes", self.num_classes, minimum=1, maximum=MAX_CLASSES)
         _check_int("seed", self.seed, minimum=0)
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {self.split!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"Unknown procedural style {self.style!r}; choose one of {sorted(STYLES)}.")
 
     def label(self, index: int) -> int:
         """Class of scene `index` (>= 0): `index % num_classes`."""
@@ -436,7 +544,7 @@ class ProceduralScenes:
         light, strength = _uniform(rng, 0.0, 2.0 * math.pi), _uniform(rng, 0.1, 0.35)
         shade = (strength * math.cos(light), strength * math.sin(light))
         kind = CLASS_KINDS[label]
-        return SceneParams(label, kind, background, _CLASSES[kind](rng, shade))
+        return STYLES[self.style](rng, SceneParams(label, kind, background, _CLASSES[kind](rng, shade)))
 
     def render(self, index: int, height: int, width: int) -> np.ndarray:
         """Renders scene `index` as [H, W, 3] float32 in [0, 1] (see `render_scene`)."""
@@ -471,6 +579,7 @@ class ProceduralSource:
       split: "train" or "validation".
       seed: dataset seed, >= 0.
       num_classes: in [1, MAX_CLASSES].
+      style: a name in STYLES.
 
     Raises:
       ValueError: on a value outside these ranges.
@@ -481,12 +590,13 @@ class ProceduralSource:
     split: str = "train"
     seed: int = 0
     num_classes: int = 10
+    style: str = "smooth"
     scenes: ProceduralScenes = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         _check_int("size", self.size, minimum=1)
         _resolution_hw(self.resolution)
-        scenes = ProceduralScenes(self.num_classes, self.seed, self.split)
+        scenes = ProceduralScenes(self.num_classes, self.seed, self.split, self.style)
         object.__setattr__(self, "scenes", scenes)
 
     @property
@@ -498,10 +608,18 @@ class ProceduralSource:
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray | np.int32]:
-        """Record `index` in [0, size): {"image": [H, W, 3] float32, "label": int32}."""
+        """Record `index` in [0, size) at the source's resolution (see `example`)."""
+        height, width, _ = self.image_shape
+        return self.example(index, height, width)
+
+    def example(self, index: int, height: int, width: int) -> dict[str, np.ndarray | np.int32]:
+        """Record `index` in [0, size) rendered at any size (the resize-and-crop's source).
+
+        Returns:
+          {"image": [height, width, 3] float32 in [0, 1], "label": int32}.
+        """
         if not 0 <= index < self.size:
             raise IndexError(f"index must be in [0, {self.size}), got {index!r}")
-        height, width, _ = self.image_shape
         return {
             "image": self.scenes.render(index, height, width),
             "label": np.int32(self.scenes.label(index)),

@@ -3,7 +3,10 @@
 A builder takes (data config, split, (H, W)) and returns a Grain-compatible random-access
 source (`__len__`, `__getitem__`): a module-level, picklable class, since Grain workers
 start with spawn. Image sources yield
-  {"image": [H, W, 3] float32 in [0, 1], "label": int32};
+  {"image": [H, W, 3] float32 in [0, 1], "label": int32},
+and give the same example at any size with `example(index, height, width)`, made from the
+best original they have (rendered, or resized from the decoded file), which the
+resize-and-crop augmentation uses;
 the `latents` source yields SD-VAE latents written by `rpe_jax.data.latents.extract_latents`
   {"latents": {factor: [h_r, w_r, L] float32}, "label": int32},
 one entry per stored resize factor r, keyed by `factor_name(r)` ("1", "1.25", ..., "2"),
@@ -14,6 +17,8 @@ Sources and the config.data fields they read:
   image_folder   root: ImageNet layout <root>/<split>/<class_name>/*.{JPEG,jpg,png}.
   imagenet_tfds  tfds_dir: TFDS data_dir with imagenet2012 prepared as ArrayRecord.
   fashion_mnist  root (empty: FASHION_MNIST_DIR): IDX files, gzip or not.
+  photos         photos_dir, photo_box, train_size, eval_size, seed: crops of Debian's
+                 plasma-workspace-wallpapers photographs (rpe_jax/data/photos.py).
   latents        latents_dir: the `latents/` folder of an extract_latents workdir.
 
 Legend: H, W image height and width (pixels); h, w latent height and width (cells);
@@ -38,7 +43,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-from rpe_jax.data import procedural
+from rpe_jax.data import photos, procedural
 
 Resolution = tuple[int, int]
 
@@ -147,7 +152,14 @@ class ImageFolderSource:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Example `index`: {"image": [H, W, 3] float32 in [0, 1], "label": int32}.
+        """Example `index` at the source's resolution (see `example`)."""
+        return self.example(index, *self.resolution)
+
+    def example(self, index: int, height: int, width: int) -> dict[str, Any]:
+        """Example `index` at any size: the decoded file ADM-centre-cropped to (height, width).
+
+        Returns:
+          {"image": [height, width, 3] float32 in [0, 1], "label": int32}.
 
         Raises:
           ValueError: the file cannot be decoded; the message names it.
@@ -158,7 +170,7 @@ class ImageFolderSource:
                 rgb = image.convert("RGB")  # decodes the whole file
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"image_folder source: cannot decode image file {path}: {err}") from err
-        return {"image": center_crop(rgb, *self.resolution), "label": self.labels[index]}
+        return {"image": center_crop(rgb, height, width), "label": self.labels[index]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,11 +190,19 @@ class TfdsImageSource:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Example `index`: {"image": [H, W, 3] float32 in [0, 1], "label": int32}."""
+        """Example `index` at the source's resolution (see `example`)."""
+        return self.example(index, *self.resolution)
+
+    def example(self, index: int, height: int, width: int) -> dict[str, Any]:
+        """Example `index` at any size: the decoded record ADM-centre-cropped to (height, width).
+
+        Returns:
+          {"image": [height, width, 3] float32 in [0, 1], "label": int32}.
+        """
         record = self.records[index]
         pixels = np.asarray(record["image"], np.uint8)
         image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).convert("RGB")
-        return {"image": center_crop(image, *self.resolution), "label": np.int32(record["label"])}
+        return {"image": center_crop(image, height, width), "label": np.int32(record["label"])}
 
 
 def parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
@@ -293,8 +313,20 @@ class FashionMnistSource:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Example `index`: {"image": [H, W, 3] float32 in [0, 1], "label": int32}."""
-        return {"image": _resize_grey(self.images[index], *self.resolution), "label": self.labels[index]}
+        """Example `index` at the source's resolution (see `example`)."""
+        return self.example(index, *self.resolution)
+
+    def example(self, index: int, height: int, width: int) -> dict[str, Any]:
+        """Example `index` resized (bicubic) from its 28 x 28 original to (height, width).
+
+        Fashion-MNIST has no resolution beyond 28 px: above it (e.g. a resize-and-crop
+        factor r > 1 at a 28 px training size) the example is an upsample, with no detail
+        to add.
+
+        Returns:
+          {"image": [height, width, 3] float32 in [0, 1], "label": int32}.
+        """
+        return {"image": _resize_grey(self.images[index], height, width), "label": self.labels[index]}
 
 
 def factor_name(factor: float) -> str:
@@ -407,7 +439,12 @@ def _pair(resolution: Sequence[int]) -> Resolution:
 def _procedural(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
     size = config.train_size if split == "train" else config.eval_size
     return procedural.ProceduralSource(
-        size, resolution, split=split, seed=config.seed, num_classes=config.num_classes
+        size,
+        resolution,
+        split=split,
+        seed=config.seed,
+        num_classes=config.num_classes,
+        style=config.procedural_style,
     )
 
 
@@ -436,6 +473,19 @@ def _fashion_mnist(config: ml_collections.ConfigDict, split: str, resolution: Re
     return FashionMnistSource(config.root or FASHION_MNIST_DIR, split, _pair(resolution))
 
 
+def _photos(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
+    size = config.train_size if split == "train" else config.eval_size
+    return photos.PhotoSource(
+        config.photos_dir or photos.DEFAULT_DIR,
+        split,
+        _pair(resolution),
+        size,
+        seed=config.seed,
+        box=tuple(config.photo_box),
+        num_classes=config.num_classes,
+    )
+
+
 def _latents(config: ml_collections.ConfigDict, split: str, resolution: Resolution):
     if not config.latents_dir:
         raise ValueError(
@@ -457,5 +507,6 @@ SOURCES: dict[str, Callable] = {
     "image_folder": _image_folder,
     "imagenet_tfds": _imagenet_tfds,
     "fashion_mnist": _fashion_mnist,
+    "photos": _photos,
     "latents": _latents,
 }
