@@ -42,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.read_threads = 16  # Grain read threads per process (file decoding)
     config.data.root = ""  # image_folder / fashion_mnist folder ("": Debian's Fashion-MNIST)
     # photos source: the wallpapers folder ("": Debian's /usr/share/wallpapers) and the
-    # (min, max) side of its square crop boxes in source pixels (log-uniform).
+    # (min, max) side of its square crop boxes in source pixels (log-uniform); outputs up to
+    # min px carry true detail; max <= 1024, the width of the validation columns (photos.py).
     config.data.photos_dir = ""
     config.data.photo_box = (256, 1024)
     config.data.tfds_dir = ""  # TFDS data dir of imagenet2012 ("": ~/tensorflow_datasets)
@@ -127,11 +128,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.extractor = "inception"  # inception | classifier (rpe_jax.feature_extractor)
     config.eval.extractor_path = ""  # Inception .pth file, or a trained classifier directory
+    # nsfwjs-4.3.0.tgz (`npm pack nsfwjs@4.3.0`) or its unpacked folder: adds the Frechet distance on
+    # ImageNet MobileNetV2 features (`fd_mobilenet`); "": off
+    config.eval.imagenet_features_path = ""
     config.eval.num_reference = 50_000  # real images per resolution for the statistics
     config.eval.reference_source = ""  # a data source name; "": config.data.source
     config.eval.reference_split = "validation"
     config.eval.batch_size = 64
     config.eval.pr_k = 3  # k of the k-NN radii of precision and recall
+    # Bootstrap resamples of the generated samples for each cell's standard error (0: none).
+    config.eval.bootstrap = 100
+    # Flow-matching validation loss of the EMA checkpoint on real images at each test
+    # resolution, per method: images (0: off) and times (midpoints of equal steps in (0, 1)).
+    config.eval.fm_loss_images = 64
+    config.eval.fm_loss_times = 16
 
     config.vae = ml_collections.ConfigDict()
     config.vae.path = ""  # local diffusers SD-VAE directory (latent runs)

@@ -7,6 +7,10 @@ inside, real and generated images alike:
 - "inception": the FID InceptionV3 (`models/inception.py`); path: pytorch-fid's weights file.
 - "classifier": the procedural-scenes classifier (`models/classifier.py`); path: the directory
   `python -m rpe_jax.train_classifier --workdir=DIR` wrote. The embedded default uses it.
+- "mobilenet_v2": the frozen, ImageNet-initialised blocks of nsfwjs's MobileNetV2 (`models/mobilenet_v2.py`),
+  ImageNet features available offline; path: `nsfwjs-4.3.0.tgz` from `npm pack nsfwjs@4.3.0`, or the
+  folder it unpacks to. No ImageNet head: its logits are [N, 0], so report a Frechet distance on these
+  features (not "FID") and no Inception Score.
 
 Shapes: N images, B batch, H and W image height and width.
 """
@@ -19,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rpe_jax.models import classifier, inception
+from rpe_jax.models import classifier, inception, mobilenet_v2
 
 DEFAULT_BATCH_SIZE = 128
 FeatureFn = Callable[[np.ndarray], inception.InceptionFeatures]
@@ -86,7 +90,25 @@ def load_classifier(path: str | pathlib.Path, batch_size: int = DEFAULT_BATCH_SI
     return batched_features(model, batch_size)
 
 
-EXTRACTORS: dict[str, Callable[..., FeatureFn]] = {"inception": load_inception, "classifier": load_classifier}
+def load_mobilenet_v2(path: str | pathlib.Path, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureFn:
+    """ImageNet MobileNetV2 features (pool [N, 384], logits [N, 0], spatial [N, 1372]) from nsfwjs at `path`.
+
+    Raises:
+      ValueError: `path` is empty, or the package's model does not match the network.
+      FileNotFoundError: no package at `path` (the message gives the `npm pack` command).
+    """
+    how = (
+        f"run `{mobilenet_v2.NPM_COMMAND}` and give the path of the .tgz it writes or of its unpacked folder"
+    )
+    model = mobilenet_v2.load_mobilenet_v2(_checked_path("mobilenet_v2", path, how))
+    return batched_features(model, batch_size)
+
+
+EXTRACTORS: dict[str, Callable[..., FeatureFn]] = {
+    "inception": load_inception,
+    "classifier": load_classifier,
+    "mobilenet_v2": load_mobilenet_v2,
+}
 
 
 def load(name: str, path: str | pathlib.Path, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureFn:

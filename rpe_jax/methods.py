@@ -34,8 +34,10 @@ class Method:
 def _baselines() -> dict[str, Method]:
     """Every frequency rule on the plain grid, as its authors run it."""
     table = {name: Method("grid", name) for name in rope_lib.FREQUENCY_RULES}
-    # Lumina-Next comes with proportional attention and its sampling time shift.
-    table["lumina_next"] = Method("grid", "lumina_next", "proportional", True)
+    # Lumina-Next comes with proportional attention and its sampling time shift; its
+    # frequency scale is clamped at 1 (as the peer samples) or not (`_unclamped`).
+    for name in ("lumina_next", "lumina_next_unclamped"):
+        table[name] = Method("grid", name, "proportional", True)
     return table
 
 
@@ -49,6 +51,33 @@ METHODS: dict[str, Method] = {
     "rpe2d_plain": Method("spread", "extrapolation", "none", False),
     **_baselines(),
 }
+
+
+# Families of methods, for plots that show the best member of each: every preset belongs
+# to exactly one (tests/test_report.py checks it).
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "rpe2d": ("rpe2d", "rpe2d_contiguous", "rpe2d_no_scale", "rpe2d_no_shift", "rpe2d_plain"),
+    "extrapolation": ("extrapolation",),
+    "pi": ("pi", "vision_pi"),
+    "ntk": (
+        "ntk",
+        "vision_ntk",
+        "ntk_by_parts",
+        "vision_ntk_by_parts",
+        "ntk_pro1",
+        "vision_ntk_pro1",
+        "ntk_pro2",
+        "vision_ntk_pro2",
+    ),
+    "yarn": ("yarn", "vision_yarn"),
+    "lumina": ("lumina_next", "lumina_next_unclamped"),
+}
+
+
+def family(name: str) -> str:
+    """The family (a key of FAMILIES) of a method; a name outside METHODS (such as the
+    evaluation's `train_resized` row) is its own family."""
+    return next((f for f, members in FAMILIES.items() if name in members), name)
 
 
 def get_method(name: str) -> Method:

@@ -10,6 +10,13 @@ original Inception Score code (`openai/improved-gan`) and Kynkaanniemi et al. 20
 - IS is computed from softmax probabilities over the classifier logits.
 - Precision/recall use k-NN radii with k=3, excluding the point itself, in float32.
 
+- Uncertainty: a bootstrap over the generated rows (`bootstrap_counts`), with each
+  statistic a weighted sum of per-row terms, so no resample copies features.
+
+The module runs a little over 500 lines on purpose: the distances, precision/recall and their
+bootstrap share the private feature checks and k-NN helpers; split, they would import each
+other's private functions.
+
 Shape legend: N samples, F feature width, C classes.
 """
 
@@ -22,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from etils import epath
 from scipy import linalg, special
 
@@ -431,3 +439,90 @@ def precision_recall(
     fakes_inside = int(jnp.sum(_inside_balls(fake, real, real_sq_radii, batch_size)))
     reals_inside = int(jnp.sum(_inside_balls(real, fake, fake_sq_radii, batch_size)))
     return PrecisionRecall(precision=fakes_inside / fake.shape[0], recall=reals_inside / real.shape[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Bootstrap over the generated samples: R resamples of N rows with replacement, each a
+# vector of counts [N] (summing to N), so statistics become weighted sums of per-row terms.
+
+
+def bootstrap_counts(num_rows: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """How often each row is drawn in each of `resamples` bootstrap resamples.
+
+    Args:
+      num_rows: N, rows of the set resampled (>= 1).
+      resamples: R (>= 1).
+      seed: NumPy generator seed (fixed: reruns give the same standard errors).
+
+    Returns:
+      [R, N] int64 counts, each row summing to N.
+    """
+    if num_rows < 1 or resamples < 1:
+        raise ValueError(f"num_rows and resamples must be >= 1, got {num_rows} and {resamples}.")
+    rows = np.random.default_rng(seed).integers(0, num_rows, size=(resamples, num_rows))
+    return np.stack([np.bincount(r, minlength=num_rows) for r in rows])
+
+
+def weighted_stats(features: np.ndarray, counts: np.ndarray) -> FeatureStats:
+    """`feature_stats` of the multiset taking row i `counts[i]` times, without copying rows.
+
+    Args:
+      features: [N, F].
+      counts: [N] nonnegative integers, sum >= 2.
+    """
+    x = _checked_features(features, "features", min_rows=1).astype(np.float64)
+    w = np.asarray(counts, np.float64)
+    total = w.sum()
+    if w.shape != (len(x),) or total < 2:
+        raise ValueError(f"counts must be [N={len(x)}] summing to >= 2, got shape {w.shape}, sum {total}.")
+    mean = w @ x / total
+    centred = x - mean
+    return FeatureStats(mean=mean, cov=(centred.T * w) @ centred / (total - 1), count=int(total))
+
+
+def bootstrap_frechet(reference: FeatureStats, features: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """`frechet_distance(reference, weighted_stats(features, c))` for each resample c.
+
+    The reference's square root is computed once; each resample costs one weighted
+    covariance and one symmetric eigenvalue problem.
+
+    Args:
+      reference: statistics of the real set, mean [F].
+      features: [N, F] generated features.
+      counts: [R, N] from `bootstrap_counts`.
+
+    Returns:
+      [R] squared Frechet distances.
+    """
+    values, vectors = linalg.eigh(reference.cov.astype(np.float64))
+    root = (vectors * np.sqrt(_nonnegative(values, "the reference covariance"))) @ vectors.T
+    out = []
+    for c in counts:
+        stats = weighted_stats(features, c)
+        product = linalg.eigvalsh(root @ stats.cov @ root)
+        trace_sqrt = np.sqrt(_nonnegative(product, "C_ref^(1/2) C C_ref^(1/2)")).sum()
+        diff = reference.mean - stats.mean
+        out.append(diff @ diff + np.trace(reference.cov) + np.trace(stats.cov) - 2 * trace_sqrt)
+    return np.asarray(out)
+
+
+def precision_indicators(
+    real_features: np.ndarray, fake_features: np.ndarray, k: int = 3, batch_size: int = 1024
+) -> np.ndarray:
+    """Whether each fake sample lies in a real k-NN ball: [N_fake] bool, whose mean is
+    `precision_recall(...).precision` (so a bootstrap over fakes is a weighted mean).
+
+    Args:
+      real_features: [N_real, F], N_real > k.
+      fake_features: [N_fake, F].
+    """
+    real = jnp.asarray(_checked_features(real_features, "real_features", min_rows=k + 1), jnp.float32)
+    fake = jnp.asarray(_checked_features(fake_features, "fake_features", min_rows=1), jnp.float32)
+    return np.asarray(_inside_balls(fake, real, _knn_sq_radii(real, k, batch_size), batch_size))
+
+
+def standard_error(values: npt.ArrayLike) -> float:
+    """Bootstrap standard error: the ddof=1 standard deviation of the resampled values [R]
+    (0 for a single resample)."""
+    values = np.asarray(values, np.float64)
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0

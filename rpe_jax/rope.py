@@ -224,19 +224,26 @@ def _fit_rule(
 
 
 def lumina_next_rule(
-    head_dim: int, train_grid: Grid, test_grid: Grid, t: jax.Array | None, options: RopeOptions
+    clamp: bool, head_dim: int, train_grid: Grid, test_grid: Grid, t: jax.Array | None, options: RopeOptions
 ) -> Rope:
     """Lumina-Next time-aware scaled RoPE.
 
-    One isotropic scale `s = sqrt(n_h n_w / (n0_h n0_w))` (not clamped: smaller grids get
-    s < 1). While `t < watershed` (strict; t = 0 is noise) PI frequencies `f / s`, from
-    then on NTK with base `theta * s` (not `s^(d/(d-2))`). Its proportional attention is
-    the separate `proportional` attention-scale rule.
+    One isotropic scale `s = sqrt(n_h n_w / (n0_h n0_w))`. While `t < watershed` (strict;
+    t = 0 is noise) PI frequencies `f / s`, from then on NTK with base `theta * s` (not
+    `s^(d/(d-2))`). Its proportional attention is the separate `proportional`
+    attention-scale rule, which the peer never clamps.
+
+    Args:
+      clamp: the peer's sampler (Lumina-Next `lumina_next_t2i/sample.py`) passes
+        `scale_factor = 1` unless the test resolution exceeds the training one, so grids of
+        at most the training token count keep the trained frequencies (`lumina_next`);
+        False scales smaller grids too, `s < 1` (`lumina_next_unclamped`).
     """
     if t is None:
-        raise ValueError("The lumina_next frequency rule depends on the diffusion time: pass t.")
+        raise ValueError("The lumina_next frequency rules depend on the diffusion time: pass t.")
     d = _axis_dim(head_dim)
     s = math.sqrt(test_grid[0] * test_grid[1] / (train_grid[0] * train_grid[1]))
+    s = max(1.0, s) if clamp else s
     pi = _interpolation(d, s, 0, options.theta)
     ntk = (options.theta * s) ** -_exponents(d)
     freqs = jnp.where(jnp.asarray(t) < options.watershed, pi.astype(np.float32), ntk.astype(np.float32))
@@ -265,7 +272,11 @@ def _fit_rules() -> dict[str, FrequencyRule]:
     return rules
 
 
-FREQUENCY_RULES: dict[str, FrequencyRule] = {**_fit_rules(), "lumina_next": lumina_next_rule}
+FREQUENCY_RULES: dict[str, FrequencyRule] = {
+    **_fit_rules(),
+    "lumina_next": functools.partial(lumina_next_rule, True),
+    "lumina_next_unclamped": functools.partial(lumina_next_rule, False),
+}
 
 
 # ---------------------------------------------------------------------------------------

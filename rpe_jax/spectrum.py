@@ -119,18 +119,43 @@ def high_frequency_share(powers: np.ndarray, cutoff: float) -> float:
 
     Args:
       powers: [N, K] band powers (bands of `band_edges(K)`).
-      cutoff: cycles per pixel; bands whose lower edge is at or above it count.
+      cutoff: cycles per pixel in (0, 0.5); bands whose lower edge is at or above it count.
+
+    Returns:
+      The share in [0, 1]; 0 for a set with no power at all (flat images hold no detail).
+
+    Raises:
+      ValueError: powers not [N, K] with N, K >= 1, or cutoff outside (0, 0.5).
     """
     powers = np.asarray(powers, np.float64)
+    if powers.ndim != 2 or min(powers.shape) < 1:
+        raise ValueError(f"band powers must be [N, K] with N, K >= 1, got shape {powers.shape}.")
+    if not 0.0 < cutoff < 0.5:
+        raise ValueError(f"cutoff must be in (0, 0.5) cycles per pixel, got {cutoff}.")
     edges = band_edges(powers.shape[1])
     # Each band's mean power times its ring area (~ its mid radius) gives its total power.
     mids = 0.5 * (edges[1:] + edges[:-1])
     total = powers.mean(0) * mids
+    if not total.sum() > 0.0:
+        return 0.0
     return float(total[edges[:-1] >= cutoff - 1e-9].sum() / total.sum())
 
 
 def high_frequency_ratio(real: np.ndarray, generated: np.ndarray, cutoff: float) -> float:
     """`high_frequency_share` of the generated set over that of the real one (1: as detailed
-    as real images; samples resized from below `cutoff` score far below 1)."""
+    as real images; samples resized from below `cutoff` score far below 1).
+
+    Args:
+      real: [N, K] band powers of the real images.
+      generated: [M, K] band powers of the generated images, same resolution and bands.
+      cutoff: cycles per pixel in (0, 0.5), e.g. `nyquist_cutoff(train_side, test_side)`.
+
+    Raises:
+      ValueError: bad shapes or cutoff, or no real power above `cutoff` (no band starts
+        at or above it, or flat real images).
+    """
     real, generated = _check_powers(real, generated)
-    return high_frequency_share(generated, cutoff) / high_frequency_share(real, cutoff)
+    real_share = high_frequency_share(real, cutoff)
+    if real_share == 0.0:
+        raise ValueError(f"the real images have no power in the bands above cutoff={cutoff}.")
+    return high_frequency_share(generated, cutoff) / real_share

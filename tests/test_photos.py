@@ -31,7 +31,7 @@ def wallpapers(tmp_path_factory) -> pathlib.Path:
 
 
 def _source(root, split="train", resolution=(16, 16), size=200):
-    return photos.PhotoSource(str(root), split, resolution, size, seed=3, box=(64, 200))
+    return photos.PhotoSource(str(root), split, resolution, size, seed=3, box=(48, 160))
 
 
 def test_reads_the_largest_jpeg_and_is_deterministic(wallpapers):
@@ -58,14 +58,26 @@ def test_crop_boxes_stay_inside_the_photo(wallpapers, height, width):
         assert max(right - left, bottom - top) == pytest.approx(side)
         assert (right - left) / (bottom - top) == pytest.approx(width / height)
         sides.append(side)
-    assert 64 <= min(sides) and max(sides) <= 200
+    assert 48 <= min(sides) and max(sides) <= 160
+
+
+@pytest.mark.parametrize("height, width", [(16, 16), (16, 32), (48, 24)])
+def test_train_and_validation_boxes_never_overlap(wallpapers, height, width):
+    # 400 px wide test photos: train uses columns [0, 240), validation [240, 400).
+    for split, (start, stop) in [("train", (0, 240)), ("validation", (240, 400))]:
+        source = _source(wallpapers, split=split)
+        for i in range(200):
+            photo, side, center, _ = source.draw(i)
+            left, _, right, _ = photos.crop_box(source.sizes[photo], side, center, height, width)
+            assert start <= left and right <= stop
 
 
 def test_a_resized_crop_is_the_original_resized_not_an_upsample(wallpapers):
     source = _source(wallpapers)
-    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, flip_prob=0.0, prob=1.0)
+    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, prob=1.0)
+    element = {"index": 5, "flip": False}
     out = next(
-        o for s in range(200) if (o := render.random_map(5, np.random.default_rng(s)))["crop"][0] == 16
+        o for s in range(200) if (o := render.random_map(element, np.random.default_rng(s)))["crop"][0] == 16
     )
     _, _, top, left = out["crop"]
     photo, side, (cx, cy), flip = source.draw(5)
@@ -85,11 +97,37 @@ def test_a_resized_crop_is_the_original_resized_not_an_upsample(wallpapers):
     assert np.abs(window - upsampled[2 * top : 2 * top + 16, 2 * left : 2 * left + 16]).mean() > 0.02
 
 
+def test_the_pipeline_reads_the_photos_source_from_the_config(wallpapers):
+    from configs import demo
+
+    config = demo.get_config().data
+    config.update(source="photos", photos_dir=str(wallpapers), photo_box=(48, 160), num_classes=11)
+    config.train_size = 40
+    data = pipeline.create_dataset(config, split="train", resolution=(16, 16), patch=2, batch_size=8)
+    batch = next(iter(data))
+    assert batch["x"].shape == (8, 16, 16, 3) and -1 <= batch["x"].min() <= batch["x"].max() <= 1
+    assert 0 <= batch["label"].min() and batch["label"].max() < len(photos.PHOTOS)
+
+
+def test_downsampling_is_antialiased(tmp_path):
+    # A 1-px checkerboard shrunk 3x or more is flat grey; point sampling would keep 0s and 1s.
+    board = Image.fromarray((np.indices((300, 400)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB")
+    for name in photos.PHOTOS:
+        folder = tmp_path / name / "contents" / "images"
+        folder.mkdir(parents=True)
+        board.save(folder / "400x300.jpg", quality=100)
+    source = photos.PhotoSource(str(tmp_path), "train", (16, 16), 20, box=(48, 160))
+    assert 0.3 < np.asarray(board, np.float32).std() / 255
+    for i in range(20):
+        image = source[i]["image"]
+        assert abs(image.mean() - 0.5) < 0.05 and image.std() < 0.05
+
+
 def test_errors_name_the_package_and_the_values(wallpapers, tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install plasma-workspace-wallpapers"):
         photos.PhotoSource(str(tmp_path), "train", (16, 16), 10)
-    with pytest.raises(ValueError, match=r"photo_box=\(64, 400\).*<= 300"):
-        photos.PhotoSource(str(wallpapers), "train", (16, 16), 10, box=(64, 400))
+    with pytest.raises(ValueError, match=r"photo_box=\(64, 200\).*<= 160"):
+        photos.PhotoSource(str(wallpapers), "train", (16, 16), 10, box=(64, 200))
     with pytest.raises(ValueError, match="num_classes=10; set it to at least 11"):
         photos.PhotoSource(str(wallpapers), "train", (16, 16), 10, num_classes=10)
     with pytest.raises(ValueError, match="unknown split 'test'"):
@@ -102,5 +140,13 @@ def test_errors_name_the_package_and_the_values(wallpapers, tmp_path):
 def test_debian_photos_are_large_jpegs():
     source = photos.PhotoSource(photos.DEFAULT_DIR, "train", (32, 32), 10)
     assert all(min(size) >= 1600 for size in source.sizes)
-    image = source[0]["image"]
-    assert image.shape == (32, 32, 3) and 0 <= image.min() <= image.max() <= 1
+    for i in range(3):
+        image = source[i]["image"]
+        assert image.shape == (32, 32, 3) and 0 <= image.min() <= image.max() <= 1
+        # The two-step (box-reduce, then bicubic) resize stays close to the one-step resample.
+        photo, side, center, flip = source.draw(i)
+        with Image.open(source.paths[photo]) as original:
+            box = photos.crop_box(source.sizes[photo], side, center, 32, 32)
+            exact = np.asarray(original.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC, box=box))
+        exact = exact[:, ::-1] if flip else exact
+        assert np.abs(image - exact / 255).max() < 4 / 255

@@ -2,6 +2,7 @@
 
 import hashlib
 
+import grain
 import numpy as np
 import pytest
 
@@ -46,24 +47,26 @@ def _old_crop_draw(rng, grid, prob, max_factor):
     return h, w, 0, 0
 
 
+def _element(index, flip=False):
+    return {"index": index, "flip": flip}
+
+
 def test_crop_draws_and_micro_conditions_match_the_previous_formula():
     for seed in range(200):
         want = _old_crop_draw(np.random.default_rng(seed), (8, 6), 0.6, 2.0)
         assert pipeline.draw_crop(np.random.default_rng(seed), (8, 6), 0.6, 2.0) == want
-    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 24), patch=4, flip_prob=0.0, prob=0.6)
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 24), patch=4, prob=0.6)
     for seed in range(50):
-        out = render.random_map(seed, np.random.default_rng(seed))
-        rng = np.random.default_rng(seed)
-        rng.random()  # the flip's coin comes first
-        rows, cols, top, left = _old_crop_draw(rng, (8, 6), 0.6, 2.0)
+        out = render.random_map(_element(seed), np.random.default_rng(seed))
+        rows, cols, top, left = _old_crop_draw(np.random.default_rng(seed), (8, 6), 0.6, 2.0)
         np.testing.assert_array_equal(out["crop"], [rows, cols, top, left])
         np.testing.assert_allclose(out["micro"], [rows / 8, top / rows, left / cols], rtol=1e-6)
 
 
 def test_crops_are_windows_of_the_example_rendered_at_the_resized_size():
-    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=0.0, prob=1.0)
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, prob=1.0)
     for seed in range(30):
-        out = render.random_map(7, np.random.default_rng(seed))
+        out = render.random_map(_element(7), np.random.default_rng(seed))
         rows, cols, top, left = out["crop"]
         assert out["x"].shape == (32, 32, 3) and out["label"] == 1
         assert 8 <= rows <= 16 and rows == cols and 0 <= top <= rows - 8 and 0 <= left <= cols - 8
@@ -73,16 +76,16 @@ def test_crops_are_windows_of_the_example_rendered_at_the_resized_size():
 
 
 def test_uncropped_examples_carry_the_identity_micro_condition():
-    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=0.0, prob=0.0)
-    out = render.random_map(4, np.random.default_rng(1))
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, prob=0.0)
+    out = render.random_map(_element(4), np.random.default_rng(1))
     np.testing.assert_allclose(out["x"], _Ramp().example(4, 32, 32)["image"] * 2 - 1, atol=1e-6)
     np.testing.assert_array_equal(out["micro"], [1, 0, 0])
     np.testing.assert_array_equal(out["crop"], [8, 8, 0, 0])
 
 
 def test_a_flip_mirrors_the_resized_image_before_the_crop():
-    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=1.0, prob=1.0)
-    out = render.random_map(0, np.random.default_rng(3))
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, prob=1.0)
+    out = render.random_map(_element(0, flip=True), np.random.default_rng(3))
     rows, cols, top, left = out["crop"]
     big = _Ramp().example(0, 4 * rows, 4 * cols)["image"][:, ::-1]
     np.testing.assert_allclose(
@@ -94,16 +97,18 @@ def test_a_flip_mirrors_the_resized_image_before_the_crop():
 def test_flip_and_crop_rates_follow_the_config(prob):
     rng = np.random.default_rng(2)
     n = 2000
-    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, flip_prob=prob, prob=prob)
-    outs = [render.random_map(0, rng) for _ in range(n)]
+    flips = [pipeline.DrawFlip(prob).random_map(_element(0), rng)["flip"] for _ in range(n)]
+    render = pipeline.RenderResizeAndCrop(_Ramp(), (32, 32), patch=4, prob=prob)
+    outs = [render.random_map(_element(0, flip), rng) for flip in flips]
     cropped = sum(out["micro"][0] > 1 for out in outs)
     # The marked left column lands at the right edge only when flipped and cropped there,
     # so count flips on uncropped examples.
-    uncropped = [out for out in outs if out["micro"][0] == 1]
+    uncropped = [out for out, flip in zip(outs, flips, strict=True) if out["micro"][0] == 1]
     flipped = sum(out["x"][0, -1, 1] == 1 for out in uncropped)
     sigma = np.sqrt(n * prob * (1 - prob))
     # r = 1 can be drawn only with probability ~0 (rounding of r*8 to 8 needs r < 1.0625).
     assert abs(cropped - n * prob * (1 - 1 / 16)) < 5 * sigma
+    assert abs(sum(flips) - n * prob) < 5 * sigma
     m = len(uncropped)
     assert abs(flipped - m * prob) < 5 * np.sqrt(m * prob * (1 - prob))
 
@@ -114,10 +119,12 @@ def test_a_procedural_crop_is_the_scene_rendered_larger_not_an_upsample():
     from rpe_jax.data import procedural
 
     source = procedural.ProceduralSource(8, 16)
-    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, flip_prob=0.0, prob=1.0)
+    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, prob=1.0)
     # The first draw that resizes by r = 2 (rounded: 16 tokens of 8).
     out = next(
-        o for s in range(200) if (o := render.random_map(3, np.random.default_rng(s)))["crop"][0] == 16
+        o
+        for s in range(200)
+        if (o := render.random_map(_element(3), np.random.default_rng(s)))["crop"][0] == 16
     )
     rows, cols, top, left = out["crop"]
     assert rows == cols == 16  # r = 2
@@ -143,6 +150,35 @@ def test_batches_have_the_documented_layout():
     assert -1 <= batch["x"].min() and batch["x"].max() <= 1
     assert batch["label"].dtype == np.int32 and batch["label"].shape == (4,)
     assert batch["micro"].shape == (4, 3) and batch["crop"].shape == (4, 4)
+
+
+def _old_pipeline_draws(size, seed, flip_prob, crop_prob, max_factor, grid, count):
+    """(index, flip, crop) of the first `count` examples of the previous pipeline, whose
+    chain was source -> seed -> shuffle -> repeat -> map (to [-1, 1]) -> random_map (flip)
+    -> random_map (upsampling resize-and-crop), with Grain's seeding of each random_map."""
+    ds = grain.MapDataset.source(list(range(size))).seed(seed).shuffle().repeat(None)
+    ds = ds.map(lambda index: {"index": index})
+    ds = ds.random_map(lambda e, rng: {**e, "flip": rng.random() < flip_prob})
+    ds = ds.random_map(lambda e, rng: {**e, "crop": _old_crop_draw(rng, grid, crop_prob, max_factor)})
+    return [ds[k] for k in range(count)]
+
+
+def test_flips_and_crops_are_those_of_the_previous_pipeline():
+    config = _config(resize_crop_prob=0.6, flip_prob=0.5, max_resize_factor=2.0, seed=5)
+    source = pipeline.make_source(config, "train", (32, 32))
+    it = iter(_dataset(config, batch_size=8))
+    batches = [next(it) for _ in range(2)]
+    old = _old_pipeline_draws(40, 5, 0.5, 0.6, 2.0, (8, 8), 16)
+    assert 0 < sum(d["flip"] for d in old) < 16 and 0 < sum(d["crop"][0] > 8 for d in old) < 16
+    for k, draw in enumerate(old):
+        batch, i = batches[k // 8], k % 8
+        rows, cols, top, left = draw["crop"]
+        np.testing.assert_array_equal(batch["crop"][i], draw["crop"])
+        np.testing.assert_allclose(batch["micro"][i], [rows / 8, top / rows, left / cols], rtol=1e-6)
+        image = source.example(draw["index"], 4 * rows, 4 * cols)["image"]
+        image = image[:, ::-1] if draw["flip"] else image
+        window = image[4 * top : 4 * top + 32, 4 * left : 4 * left + 32]
+        np.testing.assert_allclose(batch["x"][i], window * 2 - 1, atol=1e-6)
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():

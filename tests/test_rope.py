@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rpe_jax import positions, rope
+from rpe_jax import methods, positions, rope
 
 HEAD_DIM = 64  # d = 32 per axis, as in the published NTK numbers
 ALL_RULES = sorted(rope.FREQUENCY_RULES)
@@ -85,8 +85,8 @@ def test_yarn_extrapolation_weights_published_values():
 @pytest.mark.parametrize("name", ALL_RULES)
 @pytest.mark.parametrize("test_grid", [(16, 16), (8, 12)])
 def test_rules_reduce_to_plain_frequencies_without_upscaling(name, test_grid):
-    if name == "lumina_next" and test_grid != (16, 16):
-        return  # Lumina-Next's isotropic scale is not clamped: checked below
+    if name == "lumina_next_unclamped" and test_grid != (16, 16):
+        return  # this variant's isotropic scale is not clamped: checked below
     f = rope.base_frequencies(HEAD_DIM)
     for t in (0.1, 0.9):
         freqs = np.asarray(_rule(name, test=test_grid, t=t).freqs)
@@ -140,14 +140,44 @@ def test_lumina_next_switches_at_the_watershed():
     after = np.asarray(_rule("lumina_next", test=(16, 64), t=0.3).freqs)
     ntk = 20000.0 ** (-np.arange(0, 32, 2) / 32)
     np.testing.assert_allclose(after, np.stack([ntk, ntk]), rtol=1e-5)
-    # Smaller grid: s = 0.5, not clamped.
-    small = np.asarray(_rule("lumina_next", test=(8, 8), t=0.1).freqs)
+    # Smaller grid: s = 0.5 in the unclamped variant.
+    small = np.asarray(_rule("lumina_next_unclamped", test=(8, 8), t=0.1).freqs)
     np.testing.assert_allclose(small[0], 2 * f, rtol=1e-6)
     with pytest.raises(ValueError, match="pass t"):
         rope.make_rope(HEAD_DIM, (16, 16), (32, 32), "lumina_next")
     opts = rope.RopeOptions(watershed=0.5)
     mid = rope.make_rope(HEAD_DIM, (16, 16), (16, 64), "lumina_next", t=jnp.float32(0.4), options=opts)
     np.testing.assert_allclose(np.asarray(mid.freqs[0]), f / 2, rtol=1e-6)
+
+
+def _peer_lumina_frequencies(train_side, test_h, test_w, t, watershed=0.3, theta=10000.0, d=32):
+    """Lumina-Next's sampler and rotary table, from its definitions (BASELINES.md and the
+    peer's `lumina_next_t2i/sample.py`): `scale_factor = sqrt(w h) / base` only when the
+    resolution exceeds the base one, else 1; then PI (`1 / (theta^(2k/d) s)`) while
+    `t < watershed`, NTK (`1 / (theta s)^(2k/d)`) from then on."""
+    exceeds = test_h * test_w > train_side**2
+    s = math.sqrt(test_h * test_w) / train_side if exceeds else 1.0
+    k = np.arange(d // 2)
+    if t < watershed:
+        return 1.0 / (theta ** (2 * k / d) * s)
+    return 1.0 / (theta * s) ** (2 * k / d)
+
+
+@pytest.mark.parametrize("test_grid", [(8, 8), (12, 16), (16, 16), (24, 24), (16, 64)])
+@pytest.mark.parametrize("t", [0.1, 0.29, 0.3, 0.8])
+def test_lumina_next_matches_the_peer_sampler(test_grid, t):
+    got = np.asarray(_rule("lumina_next", test=test_grid, t=t).freqs)
+    expected = _peer_lumina_frequencies(16, *test_grid, t)
+    np.testing.assert_allclose(got, np.stack([expected, expected]), rtol=1e-5)
+
+
+def test_lumina_next_keeps_unclamped_proportional_attention():
+    # The peer's softmax scale sqrt(log_{N_train} N / head_dim) has no clamp: 256 -> 64
+    # tokens gives sqrt(log(64) / log(256)) = sqrt(3/4) on the logits, in both variants.
+    for name in ("lumina_next", "lumina_next_unclamped"):
+        method = methods.get_method(name)
+        r = rope.make_rope(HEAD_DIM, (16, 16), (8, 8), method.frequency_rule, method.attention_scale, t=0.5)
+        assert float(r.logit_scale) == pytest.approx(math.sqrt(0.75))
 
 
 def test_lumina_next_is_jittable_in_t():

@@ -114,10 +114,11 @@ def test_image_folder_resize_and_crop_cuts_the_original_resized_larger(image_roo
     from rpe_jax.data import pipeline
 
     source = sources.SOURCES["image_folder"](_data_config(root=str(image_root)), "train", (16, 16))
-    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, flip_prob=0.0, prob=1.0)
+    render = pipeline.RenderResizeAndCrop(source, (16, 16), patch=2, prob=1.0)
     # Index 1 is z.jpg, 64 x 64: the example resized by r = 2 is ADM's 32 px crop of it.
+    element = {"index": 1, "flip": False}
     out = next(
-        o for s in range(200) if (o := render.random_map(1, np.random.default_rng(s)))["crop"][0] == 16
+        o for s in range(200) if (o := render.random_map(element, np.random.default_rng(s)))["crop"][0] == 16
     )
     _, _, top, left = out["crop"]
     with Image.open(image_root / "train/a_dog/z.jpg") as image:
@@ -191,6 +192,15 @@ def test_tfds_adapter_crops_and_converts_grey():
     np.testing.assert_array_equal(source[1]["image"], expected)
 
 
+def test_tfds_example_at_a_larger_size_is_the_record_centre_cropped_there():
+    colour = np.random.default_rng(1).integers(0, 256, (30, 50, 3), np.uint8)
+    source = sources.TfdsImageSource([{"image": colour, "label": 3}], (12, 12))
+    np.testing.assert_array_equal(source[0]["image"], source.example(0, 12, 12)["image"])
+    big = source.example(0, 24, 24)
+    assert big["label"] == 3
+    np.testing.assert_allclose(big["image"], _center_crop_arr(Image.fromarray(colour), 24) / 255, atol=1e-6)
+
+
 def _idx(array: np.ndarray) -> bytes:
     """IDX bytes of a uint8 array, written by hand from the format's definition."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(s.to_bytes(4, "big") for s in array.shape)
@@ -241,6 +251,19 @@ def test_fashion_mnist_on_tiny_files(tmp_path, packed):
     image = resized[2]["image"]
     assert image.shape == (32, 48, 3) and image.dtype == np.float32 and 0 <= image.min() <= image.max() <= 1
     np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_fashion_mnist_example_at_any_size_is_the_28px_original_resized(tmp_path):
+    images = np.random.default_rng(2).integers(0, 256, (2, 28, 28), np.uint8)
+    _write_fashion(tmp_path, images, np.array([1, 5], np.uint8), packed=False)
+    source = sources.SOURCES["fashion_mnist"](_data_config(root=str(tmp_path)), "train", (28, 28))
+    np.testing.assert_array_equal(source[1]["image"], source.example(1, 28, 28)["image"])
+    grey = Image.fromarray(images[1].astype(np.float32) / 255)  # mode "F"
+    want = np.clip(np.asarray(grey.resize((56, 56), Image.Resampling.BICUBIC)), 0, 1)
+    big = source.example(1, 56, 56)
+    assert big["label"] == 5 and big["image"].shape == (56, 56, 3)
+    for channel in range(3):
+        np.testing.assert_allclose(big["image"][..., channel], want, atol=1e-6)
 
 
 def test_fashion_mnist_file_errors(tmp_path):

@@ -69,6 +69,7 @@ BASELINES = (
     "ntk_pro2",
     "vision_ntk_pro2",
     "lumina_next",
+    "lumina_next_unclamped",
 )
 # RPE-2D inference variants: spread / contiguous positions, without the attention scale,
 # without the timestep shift, without both.

@@ -1,8 +1,8 @@
 """Grain input pipeline: source -> shuffle -> transforms -> batches -> this process's block.
 
-Pixel sources enter as indices: `RenderResizeAndCrop` asks the source for each example
-at its resized size (the resize-and-crop of the source image, never an upsample of the
-training-size one). Every example leaves the pipeline as
+Pixel sources enter as indices: `DrawFlip` draws the flip, then `RenderResizeAndCrop`
+asks the source for each example at its resized size (the resize-and-crop of the source
+image, never an upsample of the training-size one). Every example leaves the pipeline as
   {"x": [H, W, C] float32 in [-1, 1], "label": int32,
    "micro": float32 [3] = (r, top, left), "crop": int32 [4] = (rows, cols, top, left)}
 where `micro` is the random resize-and-crop's micro-condition (uncropped: (1, 0, 0)),
@@ -67,9 +67,26 @@ class RandomFlip(grain.transforms.RandomMap):
         return element
 
 
+class ExampleIndex(grain.transforms.Map):
+    """Source index -> {"index": int}, the element `DrawFlip` and `RenderResizeAndCrop` fill in."""
+
+    def map(self, element):
+        return {"index": int(element)}
+
+
+@dataclasses.dataclass
+class DrawFlip(grain.transforms.RandomMap):
+    """Adds "flip": whether `RenderResizeAndCrop` mirrors the example (probability `prob`)."""
+
+    prob: float = 0.5
+
+    def random_map(self, element, rng: np.random.Generator):
+        return {**element, "flip": bool(rng.random() < self.prob)}
+
+
 @dataclasses.dataclass
 class RenderResizeAndCrop(grain.transforms.RandomMap):
-    """Source index -> model input: flip, resize-and-crop from the source, micro-condition.
+    """{"index", "flip"} -> model input: resize-and-crop from the source, micro-condition.
 
     The resized image is the source's own example at the resized size
     (`source.example(index, rows * patch, cols * patch)`: a procedural scene rendered there,
@@ -84,7 +101,6 @@ class RenderResizeAndCrop(grain.transforms.RandomMap):
       source: a pixel source with `example(index, height, width)`.
       resolution: (H, W) training size in pixels, multiples of `patch`.
       patch: pixels per token side.
-      flip_prob: probability of a horizontal flip.
       prob: probability of resizing.
       max_factor: largest resize factor.
     """
@@ -92,17 +108,15 @@ class RenderResizeAndCrop(grain.transforms.RandomMap):
     source: Any
     resolution: tuple[int, int]
     patch: int = 2
-    flip_prob: float = 0.5
     prob: float = 0.5
     max_factor: float = 2.0
 
-    def random_map(self, index, rng: np.random.Generator):
+    def random_map(self, element, rng: np.random.Generator):
         p = self.patch
         h, w = self.resolution[0] // p, self.resolution[1] // p
-        flip = rng.random() < self.flip_prob
         rows, cols, top, left = draw_crop(rng, (h, w), self.prob, self.max_factor)
-        example = self.source.example(int(index), rows * p, cols * p)
-        x = example["image"][:, ::-1] if flip else example["image"]
+        example = self.source.example(element["index"], rows * p, cols * p)
+        x = example["image"][:, ::-1] if element["flip"] else example["image"]
         x = x[top * p : (top + h) * p, left * p : (left + w) * p]
         return {
             "x": np.asarray(x, np.float32) * 2 - 1,
@@ -149,9 +163,11 @@ def create_dataset(
         ds = ds.random_map(latents.LatentResizeAndCrop(crop_prob, patch))
     else:  # pixel sources render each example once, at its resized size
         ds = grain.MapDataset.range(len(source)).seed(config.seed).shuffle().repeat(None)
-        render = RenderResizeAndCrop(
-            source, tuple(resolution), patch, flip_prob, crop_prob, config.max_resize_factor
-        )
+        # Grain seeds each random_map from its depth below `.seed`: one map, then the flip,
+        # then the crop keeps the flips and crops of the former upsampling pipeline
+        # (map to [-1, 1], RandomFlip, ResizeAndCrop) for the same config.
+        ds = ds.map(ExampleIndex()).random_map(DrawFlip(flip_prob))
+        render = RenderResizeAndCrop(source, tuple(resolution), patch, crop_prob, config.max_resize_factor)
         ds = ds.random_map(render)
     # Global batch g is blocks g * P ... g * P + P - 1 of `batch_size` consecutive
     # examples; process p takes block p. Concatenated in process order (as

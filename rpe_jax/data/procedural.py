@@ -15,7 +15,7 @@ saturated, backgrounds dark and muted, so each class reads at 32 px and even at 
 Styles (`STYLES`, config.data.procedural_style). "smooth" is the look above (the recorded
 results). "detailed" draws the same layout and adds fine structure whose physical frequency
 is fixed, from 4 to 64 cycles per unit (`DETAIL_CYCLES`): gratings and sharp stripes
-(`Grating`) modulating the background's and each shape's brightness, so a 32 px render shows
+(`textures.Grating`) modulating the background's and each shape's brightness, so a 32 px render shows
 detail that a 16 px render averages away, and a 64 px one detail beyond that
 (docs/assets/detailed_scenes.png). Gratings are box-filtered analytically over each pixel.
 
@@ -23,9 +23,9 @@ Rendering. Pixel `(i, j)` of an `H x W` image samples the point
 `((j + 0.5) / W, (i + 0.5) / H)`: a non-square image shows the same scene with the unit
 square stretched. Edges are anti-aliased from signed distance functions (SDFs, negative
 inside): `coverage = clip(0.5 - sdf / pixel, 0, 1)` with `pixel = max(1 / H, 1 / W)`, so
-a 64-px render box-downsampled by 2 matches the 32-px render. Arithmetic is float32;
-renders are bit-identical across processes on one machine (across CPU types the last bit
-of `sin` may differ).
+a 64-px render box-downsampled by 2 matches the 32-px render. Arithmetic is float32 (the
+gratings float64, then cast); renders are bit-identical across processes on one
+machine (across CPU types the last bit of `sin` may differ).
 
 Determinism and splits. Scene parameters come from
 `np.random.default_rng([seed, SPLITS[split], index])`. `label = index % num_classes`, so
@@ -45,37 +45,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from rpe_jax.data import sdf, textures
+
 # Split name -> seed stream.
 SPLITS = {"train": 0, "validation": 1}
 
 Color = tuple[float, float, float]
 # (x, y) brightness gain per radius of offset from a shape's centre.
 Shade = tuple[float, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class Grating:
-    """A fine periodic structure: a sinusoid, or a sharper stripe pattern of odd harmonics.
-
-    `g(p) = sum_{n = 1, 3, ..., 2 harmonics - 1} sin(n (2 pi f . p + phase)) / n` at point p,
-    times `amplitude`: harmonics 1 is a smooth grating, 3 a square-ish stripe pattern
-    (the first terms of a square wave's series).
-
-    Attributes:
-      frequency: (fx, fy) cycles per unit length; fixed in the scene, so a render shows it
-        exactly when its pixels are small enough, at any resolution.
-      phase: radians.
-      amplitude: relative brightness modulation.
-      harmonics: number of odd harmonics, >= 1.
-    """
-
-    frequency: tuple[float, float]
-    phase: float
-    amplitude: float
-    harmonics: int = 1
-
-
-Texture = tuple[Grating, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +79,7 @@ class Shape:
     """One shape on the unit square.
 
     Attributes:
-      sdf: name of its distance function in `_SDFS`.
+      sdf: name of its distance function in `sdf.SDFS`.
       center: (x, y) in unit-square coordinates.
       radius: scale; the shape fits in a disc of about this radius.
       angle: rotation, radians, clockwise on screen (y points down).
@@ -121,7 +98,7 @@ class Shape:
     color: Color
     shade: Shade
     pattern: Pattern | None = None
-    texture: Texture = ()
+    texture: textures.Texture = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +119,7 @@ class Background:
     frequencies: tuple[tuple[float, float], ...]
     phases: tuple[float, ...]
     amplitudes: tuple[Color, ...]
-    texture: Texture = ()
+    texture: textures.Texture = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,88 +130,6 @@ class SceneParams:
     kind: str
     background: Background
     shapes: tuple[Shape, ...]
-
-
-# Signed distance functions in a shape's frame, in units of its radius: x, y broadcast
-# to [H, W]; each returns [H, W] with |gradient| ~ 1.
-
-
-def _box_sdf(x: np.ndarray, y: np.ndarray, half_w: float, half_h: float) -> np.ndarray:
-    dx = np.abs(x) - half_w
-    dy = np.abs(y) - half_h
-    outside = np.hypot(np.maximum(dx, 0.0), np.maximum(dy, 0.0))
-    return outside + np.minimum(np.maximum(dx, dy), 0.0)
-
-
-def _star_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Star with n points (params (n, m), 2 <= m <= n; m = 2 is a regular n-gon).
-
-    Circumradius 1, one vertex pointing up (-y). After Inigo Quilez's `sdStar`.
-    """
-    n, m = params
-    an, en = math.pi / n, math.pi / m
-    acs, ecs = (math.cos(an), math.sin(an)), (math.cos(en), math.sin(en))
-    bn = np.mod(np.arctan2(x, -y), 2.0 * an) - an
-    r = np.hypot(x, y)
-    px = r * np.cos(bn) - acs[0]
-    py = r * np.abs(np.sin(bn)) - acs[1]
-    t = np.clip(-(px * ecs[0] + py * ecs[1]), 0.0, acs[1] / ecs[1])
-    px = px + ecs[0] * t
-    py = py + ecs[1] * t
-    return np.hypot(px, py) * np.sign(px)
-
-
-def _square_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Axis-aligned square of circumradius 1 (half-side sqrt(1/2))."""
-    del params
-    return _box_sdf(x, y, math.sqrt(0.5), math.sqrt(0.5))
-
-
-def _disc_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Unit disc; no params."""
-    del params
-    return np.hypot(x, y) - 1.0
-
-
-def _ring_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Annulus of outer radius 1; params (thickness,)."""
-    (thickness,) = params
-    return np.abs(np.hypot(x, y) - 1.0 + 0.5 * thickness) - 0.5 * thickness
-
-
-def _cross_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Plus sign with arms of half-length 1; params (arm half-width,)."""
-    (arm,) = params
-    return np.minimum(_box_sdf(x, y, 1.0, arm), _box_sdf(x, y, arm, 1.0))
-
-
-def _crescent_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Unit disc minus a disc at (offset, 0); params (offset, cut radius)."""
-    offset, cut = params
-    return np.maximum(np.hypot(x, y) - 1.0, cut - np.hypot(x - offset, y))
-
-
-def _heart_sdf(x: np.ndarray, y: np.ndarray, params: tuple[float, ...]) -> np.ndarray:
-    """Heart about 2.2 wide and 2 tall, tip down. After Inigo Quilez's `sdHeart`."""
-    del params
-    scale = 0.55
-    qx = np.abs(x) * scale
-    qy = (1.0 - y) * scale
-    lobe = np.hypot(qx - 0.25, qy - 0.75) - math.sqrt(2.0) / 4.0
-    t = 0.5 * np.maximum(qx + qy, 0.0)
-    body = np.sqrt(np.minimum(qx**2 + (qy - 1.0) ** 2, (qx - t) ** 2 + (qy - t) ** 2))
-    return np.where(qx + qy > 1.0, lobe, body * np.sign(qx - qy)) / scale
-
-
-_SDFS: dict[str, Callable[[np.ndarray, np.ndarray, tuple[float, ...]], np.ndarray]] = {
-    "disc": _disc_sdf,
-    "square": _square_sdf,
-    "star": _star_sdf,
-    "ring": _ring_sdf,
-    "cross": _cross_sdf,
-    "crescent": _crescent_sdf,
-    "heart": _heart_sdf,
-}
 
 
 def _pattern_sdf(kind: str, u: np.ndarray, v: np.ndarray, cell: float) -> np.ndarray:
@@ -252,34 +147,12 @@ def _coverage(sdf: np.ndarray, pixel: float) -> np.ndarray:
     return np.clip(0.5 - sdf / pixel, 0.0, 1.0)
 
 
-def _render_texture(texture: Texture, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pixel-area averages of a texture's gratings: x: [1, W], y: [H, 1] -> [H, W].
-
-    The average of `sin(2 pi (fx x + fy y) + c)` over a pixel of size (1/W, 1/H) centred at
-    (x, y) is its centre value times `sinc(fx / W) sinc(fy / H)` (np.sinc, normalised): each
-    harmonic is box-filtered exactly, so a render has no aliasing beyond the box filter's own,
-    and box-downsampling a 2x render by 2 gives the 1x render.
-    """
-    pixel_w, pixel_h = 1.0 / x.shape[1], 1.0 / y.shape[0]
-    total = np.zeros((y.shape[0], x.shape[1]), np.float32)
-    for grating in texture:
-        fx, fy = grating.frequency
-        for n in range(1, 2 * grating.harmonics, 2):
-            gain = float(np.sinc(n * fx * pixel_w) * np.sinc(n * fy * pixel_h))
-            # sin(a + b) from separable parts: [1, W] and [H, 1] outer sums.
-            a = (2.0 * math.pi * n * fx) * x + n * grating.phase
-            b = (2.0 * math.pi * n * fy) * y
-            wave = np.sin(a) * np.cos(b) + np.cos(a) * np.sin(b)
-            total += (grating.amplitude * gain / n) * wave
-    return total
-
-
 def _render_background(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """x: [1, W], y: [H, 1] pixel centres -> [H, W, 3] float32."""
     gx, gy = background.gradient
     brightness = 1.0 + gx * (x - 0.5) + gy * (y - 0.5)  # [H, W]
     if background.texture:
-        brightness = brightness + _render_texture(background.texture, x, y)
+        brightness = brightness + textures.render_texture(background.texture, x, y)
     image = brightness[..., None] * np.asarray(background.color, np.float32)
     freqs = 2.0 * math.pi * np.asarray(background.frequencies, np.float32)  # [K, 2]
     phases = x[..., None] * freqs[:, 0] + y[..., None] * freqs[:, 1]  # [H, W, K]
@@ -293,10 +166,10 @@ def _paint_shape(image: np.ndarray, shape: Shape, x: np.ndarray, y: np.ndarray, 
     cos, sin = math.cos(shape.angle), math.sin(shape.angle)
     lx = (cos * dx + sin * dy) / shape.radius  # [H, W], shape frame
     ly = (cos * dy - sin * dx) / shape.radius
-    alpha = _coverage(_SDFS[shape.sdf](lx, ly, shape.params) * shape.radius, pixel)
+    alpha = _coverage(sdf.SDFS[shape.sdf](lx, ly, shape.params) * shape.radius, pixel)
     shading = (1.0 + (shape.shade[0] * dx + shape.shade[1] * dy) / shape.radius)[..., None]
     if shape.texture:
-        shading = shading + _render_texture(shape.texture, x, y)[..., None]
+        shading = shading + textures.render_texture(shape.texture, x, y)[..., None]
     color = shading * np.asarray(shape.color, np.float32)  # [H, W, 3]
     if shape.pattern is not None:
         pat = shape.pattern
@@ -363,7 +236,7 @@ def _one_shape(
     Args:
       rng: the scene's generator.
       shade: the scene's lighting.
-      sdf: name in `_SDFS`.
+      sdf: name in `sdf.SDFS`.
       radius: (low, high) of the uniform radius draw.
       params: fixed leading parameters of the distance function.
       random_params: (low, high) of one uniform draw per further parameter.
@@ -449,22 +322,6 @@ def _draw_background(rng: np.random.Generator, waves: int = 3) -> Background:
     )
 
 
-def _draw_texture(
-    rng: np.random.Generator, count: int, cycles: tuple[float, float], amplitude: tuple[float, float]
-) -> Texture:
-    """`count` gratings, frequencies log-uniform in `cycles` (per unit length), any direction,
-    a third of them sharp stripes (3 odd harmonics)."""
-    magnitude = np.exp(rng.uniform(math.log(cycles[0]), math.log(cycles[1]), size=count))
-    direction = rng.uniform(0.0, math.pi, size=count)
-    phases = rng.uniform(0.0, 2.0 * math.pi, size=count)
-    amplitudes = rng.uniform(*amplitude, size=count)
-    stripes = rng.random(count) < 1 / 3
-    return tuple(
-        Grating((float(f * math.cos(d)), float(f * math.sin(d))), float(p), float(a), 3 if sharp else 1)
-        for f, d, p, a, sharp in zip(magnitude, direction, phases, amplitudes, stripes, strict=True)
-    )
-
-
 # Fine structure of the detailed style: frequencies from 4 to 64 cycles per unit, so that
 # renders at 16, 32, 64 and 128 px each show structure a half-size render averages away.
 DETAIL_CYCLES = (4.0, 64.0)
@@ -473,10 +330,10 @@ DETAIL_CYCLES = (4.0, 64.0)
 def _add_detail(rng: np.random.Generator, scene: SceneParams) -> SceneParams:
     """The scene with fine textures on its background and inside every shape."""
     background = dataclasses.replace(
-        scene.background, texture=_draw_texture(rng, 6, DETAIL_CYCLES, (0.12, 0.3))
+        scene.background, texture=textures.draw_texture(rng, 6, DETAIL_CYCLES, (0.24, 0.6))
     )
     shapes = tuple(
-        dataclasses.replace(shape, texture=_draw_texture(rng, 3, DETAIL_CYCLES, (0.08, 0.2)))
+        dataclasses.replace(shape, texture=textures.draw_texture(rng, 3, DETAIL_CYCLES, (0.16, 0.4)))
         for shape in scene.shapes
     )
     return dataclasses.replace(scene, background=background, shapes=shapes)
