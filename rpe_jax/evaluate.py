@@ -246,13 +246,19 @@ def bootstrap_errors(
     reference: FeatureSet, generated: FeatureSet, k: int, cutoff: float | None, resamples: int, seed: int
 ) -> dict[str, float]:
     """Bootstrap standard errors `<metric>_se` over the generated samples (R = `resamples`
-    resamples of its rows, fixed seed) of FID, fd_mobilenet, precision and the spectral
-    metrics; sFID and IS need per-sample terms that are not kept."""
+    resamples of its rows, fixed seed) of FID, fd_mobilenet, IS, precision and the spectral
+    metrics. sFID has none (its per-sample spatial features, 2023-d for Inception, are
+    accumulated, not kept), nor has recall (a resample repeats generated rows, whose k-NN
+    radii then shrink to 0: the statistic is not defined under resampling)."""
     counts = metrics.bootstrap_counts(len(generated.pool), resamples, seed)
     inside = metrics.precision_indicators(reference.pool, generated.pool, k)
+    splits = min(10, len(generated.logits))
     out = {
         "fid_se": metrics.standard_error(
             metrics.bootstrap_frechet(reference.pool_stats, generated.pool, counts)
+        ),
+        "inception_score_se": metrics.standard_error(
+            [metrics.inception_score(np.repeat(generated.logits, c, 0), splits=splits).mean for c in counts]
         ),
         "precision_se": metrics.standard_error(counts @ inside / len(inside)),
         "spectral_distance_se": metrics.standard_error(

@@ -253,3 +253,24 @@ def test_score_adds_the_mobilenet_frechet_distance_when_features_are_there():
     expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)
     assert scored["fd_mobilenet"] == pytest.approx(expected, rel=1e-6)
     assert scored["fid"] == without["fid"] and scored["spectral_distance"] == pytest.approx(0, abs=1e-12)
+
+
+def test_inception_score_error_is_zero_for_one_repeated_image_and_shrinks_with_more():
+    real = _gaussian(40, 5)
+
+    def error(logits):
+        n = len(logits)
+        fake = _gaussian(n, 6)
+        sets = [
+            evaluate.FeatureSet(x, metrics.feature_stats(x), metrics.feature_stats(x), lg, bands)
+            for x, lg, bands in (
+                (real, real, spectrum.band_powers(np.random.default_rng(1).random((4, 8, 8, 3)))),
+                (fake, logits, spectrum.band_powers(np.random.default_rng(2).random((n, 8, 8, 3)))),
+            )
+        ]
+        return evaluate.bootstrap_errors(*sets, 3, cutoff=None, resamples=50, seed=0)["inception_score_se"]
+
+    assert error(np.tile([[3.0, 0.0, 1.0]], (30, 1))) == pytest.approx(0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    small, large = (4 * rng.standard_normal((n, 10)) for n in (50, 800))
+    assert 0 < error(large) < 0.8 * error(small)  # 16x the samples (IS is split-wise, so not 4x)
