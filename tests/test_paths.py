@@ -21,7 +21,7 @@ from orbax.checkpoint._src.path import gcs_utils
 from PIL import Image
 
 from configs import base
-from rpe_jax import checkpoint, distributed, evaluate, metrics, paths, sample
+from rpe_jax import checkpoint, distributed, evaluate, metrics, paths, report, sample
 from rpe_jax.data import latents, sources
 from rpe_jax.models import inception
 
@@ -147,7 +147,7 @@ def test_evaluation_results_are_written_to_gs(bucket):
         for r, t in (("8x8", 16), ("16x16", 64))
     ]
     out = bucket / "run" / "eval"
-    evaluate.write_results(rows, out, (8, 8))
+    report.write_results(rows, out, (8, 8), evaluate.METRICS)
     assert json.loads((out / "results.json").read_text()) == rows
     table = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [(r["method"], r["resolution"], float(r["fid"])) for r in table] == [
