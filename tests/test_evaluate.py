@@ -43,6 +43,7 @@ def _run(workdir, mode, *extra):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_evaluate_writes_the_table_csv_json_and_plot(tmp_path):
     extractor_dir = tmp_path / "classifier"
     # 16 px input: 512 spatial features keep the sFID matrix square roots cheap.

@@ -91,6 +91,7 @@ def single(tmp_path_factory):
     return workdir, _launch(workdir, "--config.train.num_steps=4", processes=1)
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_two_processes_train_like_one(single, tmp_path):
     ref_dir, ref_out = single
     out = _launch(tmp_path, "--config.train.num_steps=4")
@@ -105,6 +106,7 @@ def test_two_processes_train_like_one(single, tmp_path):
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(data), data
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_a_stopped_two_process_run_resumes_exactly(single, tmp_path):
     _launch(tmp_path, "--config.train.num_steps=2")
     out = _launch(tmp_path, "--config.train.num_steps=4")
@@ -166,6 +168,7 @@ def test_two_processes_read_exactly_the_single_process_examples():
         assert json.loads(re.search(r"EXAMPLES (.*)", out).group(1)) == want
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_sampling_on_two_processes_writes_the_single_process_files(single, tmp_path):
     args = ("--mode=sample", "--config.sample.num_samples=6", "--config.sample.batch_size=3")
     files = {}
@@ -192,6 +195,7 @@ def _committed_steps(workdir) -> list[int]:
     return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_a_dying_process_stops_the_launch_and_the_restart_resumes(tmp_path):
     cmd = [LAUNCH, "-n", "2", "--grace", "10", "--"]
     cmd += _args(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=3")

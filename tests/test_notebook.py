@@ -8,6 +8,7 @@ import sys
 import ipykernel  # noqa: F401  (the kernel the notebook runs in)
 import nbclient
 import nbformat
+import pytest
 
 from configs import demo
 
@@ -72,6 +73,7 @@ def _cell(nb, text: str):
     return cell
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_notebook_runs_headless_and_shows_its_figures(tmp_path, monkeypatch):
     workdir = tmp_path / "work"
     nb = nbformat.read(NOTEBOOK, as_version=4)

@@ -46,6 +46,7 @@ def _one_step(config, mesh):
     return state, float(metrics.loss.compute())
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_one_step_is_the_same_on_every_mesh():
     config = tiny_config()
     config.train.grad_accum_steps = 2
@@ -77,15 +78,16 @@ def test_partition_rules_fall_back_to_a_divisible_dimension():
         sharding.make_mesh((2, 2))
 
 
-def _restore_final(workdir, config, step):
+def _restore_final(workdir, config, step, data=None):
     config = config.copy_and_resolve_references()
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     tx = train_state.make_optimizer(config)
     _, state, shardings = train_state.create_train_state(config, mesh, tx)
     manager = checkpoint.make_manager(workdir, config)
-    return checkpoint.restore(manager, step, checkpoint.abstract_state(state, shardings))
+    return checkpoint.restore(manager, step, checkpoint.abstract_state(state, shardings), data)
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     config = tiny_config()
     config.mesh.shape = (2, 4)
@@ -101,12 +103,21 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # The saved iterator of both runs points at the same next batch.
+    # The saved iterators of both runs point at the same next batch, the one after step 4's.
+    following = []
     for run in ("full", "resumed"):
-        assert os.path.exists(tmp_path / run / "checkpoints" / "4" / "data")
+        data = train._data_iterator(config, patch=2)
+        _restore_final(str(tmp_path / run), config, 4, data)
+        following.append(next(data))
+    fresh = train._data_iterator(config, patch=2)
+    fifth = [next(fresh) for _ in range(5)][-1]
+    for key in fifth:
+        np.testing.assert_array_equal(following[0][key], fifth[key])
+        np.testing.assert_array_equal(following[1][key], fifth[key])
     assert sorted(os.listdir(tmp_path / "full" / "samples")) == ["step_0000004_16x16.png"]
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny_config()
     config.mesh.shape = (2, 4)
@@ -135,6 +146,7 @@ def _cli(workdir, *overrides, methods="('rpe2d',)"):
     )
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_cli_trains_and_writes_checkpoint_metrics_and_samples(tmp_path):
     methods = "('rpe2d', 'extrapolation')"
     proc = _cli(tmp_path, "--config.train.num_steps=4", "--config.train.checkpoint_every=2", methods=methods)
@@ -149,6 +161,7 @@ def test_cli_trains_and_writes_checkpoint_metrics_and_samples(tmp_path):
     assert "train_loss" in out
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     proc = _cli(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000")
     deadline = time.time() + 300
@@ -171,6 +184,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert str(steps[0] + 2) in os.listdir(tmp_path / "checkpoints")
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_sample_mode_writes_batches_and_resumes(tmp_path):
     proc = _cli(tmp_path, "--config.train.num_steps=2")
     assert proc.communicate(timeout=600)[0] is not None and proc.returncode == 0
@@ -201,6 +215,7 @@ def test_sample_mode_writes_batches_and_resumes(tmp_path):
     assert os.path.exists(tmp_path / "generated" / "rpe2d" / "16x16" / "batch_00002.npz")
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_init_from_another_run_takes_its_parameters_with_a_fresh_optimizer(tmp_path):
     config = tiny_config()
     config.mesh.shape = (2, 4)
