@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.attention_impl = config_dict.placeholder(str)  # None (XLA picks) | xla | cudnn
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "procedural"  # a name in rpe_jax.data.pipeline.SOURCES
+    config.data.source = "procedural"  # a name in rpe_jax.data.sources.SOURCES
     config.data.resolution = 256  # training resolution in pixels: int, "HxW" or (H, W)
     config.data.latent = True  # train on SD-VAE latents (8x smaller) instead of pixels
     config.data.num_classes = 1000

@@ -14,7 +14,7 @@ from flax import nnx
 from rpe_jax import methods as methods_lib
 from rpe_jax import positions as positions_lib
 from rpe_jax import sharding
-from rpe_jax.data import sources
+from rpe_jax.data import procedural, sources
 from rpe_jax.diffusion import flow, sampling
 from rpe_jax.models import dit
 
@@ -147,6 +147,16 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     model_config(config)  # variant, sizes, dtype, pos_encoding
     _choice("positions.train_rule", config.positions.train_rule, positions_lib.TRAIN_RULES)
     _choice("data.source", config.data.source, sources.SOURCES)
+    _choice("data.procedural_style", config.data.procedural_style, procedural.STYLES)
+    for field in ("num_steps", "log_every", "checkpoint_every"):
+        if config.train[field] < 1:
+            raise ValueError(
+                f"config.train.{field} must be a positive number of steps, got {config.train[field]}."
+            )
+    if config.train.sample_every < 0:
+        raise ValueError(
+            f"config.train.sample_every must be >= 0 (0: only at the end), got {config.train.sample_every}."
+        )
     _choice("objective.time_sampler", config.objective.time_sampler, flow.TIME_SAMPLERS)
     _choice("sample.solver", config.sample.solver, sampling.SOLVERS)
     sampling.fixed_shift(config.sample.time_shift)

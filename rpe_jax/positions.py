@@ -32,7 +32,7 @@ def _check_fits(grid: Grid, max_positions: Grid) -> None:
         raise ValueError(
             f"Token grid {grid} does not fit in max_positions {max_positions}: RPE-2D draws "
             "each axis's positions from [0, L), so every side must be <= L. Raise "
-            "rpe.max_positions, use a smaller grid, or allow fractional positions."
+            "config.positions.max_positions or use a smaller grid."
         )
 
 

@@ -54,6 +54,20 @@ def test_paper_settings():
         ("data.latent_factors", (1.0, 3.0), None, r"latent_factors \(1.0, 3.0\) must be within \[1, 2\]"),
         ("model.variant", "DiT-XXL/2", None, r"Unknown DiT variant 'DiT-XXL/2'"),
         ("model.dtype", "float16", None, r"model.dtype 'float16'.*bfloat16"),
+        (
+            "data.procedural_style",
+            "noisy",
+            None,
+            r"procedural_style 'noisy'; choose one of \['detailed', 'smooth'\]",
+        ),
+        ("train.log_every", 0, None, r"train.log_every must be a positive number of steps, got 0"),
+        (
+            "train.checkpoint_every",
+            -5,
+            None,
+            r"train.checkpoint_every must be a positive number of steps, got -5",
+        ),
+        ("train.sample_every", -1, None, r"train.sample_every must be >= 0 \(0: only at the end\), got -1"),
     ],
 )
 def test_invalid_values_raise_clear_errors(field, value, device_count, message):
