@@ -148,11 +148,13 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
     _choice("positions.train_rule", config.positions.train_rule, positions_lib.TRAIN_RULES)
     _choice("data.source", config.data.source, sources.SOURCES)
     _choice("data.procedural_style", config.data.procedural_style, procedural.STYLES)
-    for field in ("num_steps", "log_every", "checkpoint_every"):
+    for field in ("log_every", "checkpoint_every"):
         if config.train[field] < 1:
             raise ValueError(
                 f"config.train.{field} must be a positive number of steps, got {config.train[field]}."
             )
+    if config.train.num_steps < 0:
+        raise ValueError(f"config.train.num_steps must be >= 0, got {config.train.num_steps}.")
     if config.train.sample_every < 0:
         raise ValueError(
             f"config.train.sample_every must be >= 0 (0: only at the end), got {config.train.sample_every}."
